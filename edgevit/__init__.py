@@ -1,0 +1,46 @@
+"""edgevit: get efficient Vision Transformers onto phones, Raspberry Pis and Macs, and prove
+they are still the same model.
+
+The package root is light (numpy + Pillow). Host-side parts (catalog, converters) need
+``pip install 'edgevit[export]'``; device runtimes need one runtime extra each.
+"""
+
+from edgevit._version import __version__
+from edgevit.errors import (
+    ArtifactError,
+    ConfigError,
+    ConversionError,
+    DataError,
+    EdgeVitError,
+    ImageError,
+    MissingDependencyError,
+    ModelError,
+    OutputExistsError,
+    UnknownModelError,
+    UnknownNameError,
+    UnknownPrecisionError,
+    UnknownRuntimeError,
+    UnknownTargetError,
+    VerificationError,
+)
+from edgevit.metadata import ArtifactMetadata
+
+__all__ = [
+    "ArtifactError",
+    "ArtifactMetadata",
+    "ConfigError",
+    "ConversionError",
+    "DataError",
+    "EdgeVitError",
+    "ImageError",
+    "MissingDependencyError",
+    "ModelError",
+    "OutputExistsError",
+    "UnknownModelError",
+    "UnknownNameError",
+    "UnknownPrecisionError",
+    "UnknownRuntimeError",
+    "UnknownTargetError",
+    "VerificationError",
+    "__version__",
+]

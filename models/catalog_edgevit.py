@@ -1,0 +1,111 @@
+"""Catalog entries implemented in edgevit (attention variants timm lacks, and the shipped
+Fashion-MNIST ViT that gives meaningful labels offline)."""
+
+from __future__ import annotations
+
+from edgevit.models._registry import ModelSpec, register_model
+from edgevit.models.labels import FASHION_MNIST_LABELS
+from edgevit.models.vit import EdgeViT
+
+FASHION_MEAN = (0.2860,)
+FASHION_STD = (0.3530,)
+
+DEFAULT_MODEL = "vit_fmnist_tiny"
+
+
+def _vit_tiny(attention: str, global_pool: str = "token", **kw):
+    def build(num_classes: int | None = None, pretrained: bool = False) -> EdgeViT:
+        return EdgeViT(
+            img_size=224,
+            patch_size=16,
+            num_classes=1000 if num_classes is None else num_classes,
+            embed_dim=192,
+            depth=12,
+            num_heads=3,
+            attention=attention,
+            global_pool=global_pool,
+            **kw,
+        )
+
+    return build
+
+
+def _fmnist(num_classes: int | None = None, pretrained: bool = False) -> EdgeViT:
+    return EdgeViT(
+        img_size=28,
+        patch_size=4,
+        in_chans=1,
+        num_classes=len(FASHION_MNIST_LABELS) if num_classes is None else num_classes,
+        embed_dim=96,
+        depth=4,
+        num_heads=3,
+        mlp_ratio=2.0,
+        attention="full",
+        global_pool="avg",
+        stem="conv",
+    )
+
+
+register_model(
+    ModelSpec(
+        name=DEFAULT_MODEL,
+        family="edgevit-vit",
+        attention="global",
+        builder=_fmnist,
+        input_size=(28, 28),
+        color_mode="L",
+        mean=FASHION_MEAN,
+        std=FASHION_STD,
+        crop_pct=1.0,
+        interpolation="bilinear",
+        labels="fashion-mnist",
+        source="edgevit",
+        license="apache-2.0 (weights trained here on Fashion-MNIST, MIT)",
+        embedded_weights="vit_fmnist_tiny.safetensors",
+        params_m=0.0,
+        gmacs=0.0,
+        description="Conv-stem ViT (4 blocks, width 96) trained here on Fashion-MNIST; ships with weights",
+    )
+)
+
+register_model(
+    ModelSpec(
+        name="vit_tiny_window",
+        family="edgevit-vit",
+        attention="windowed",
+        builder=_vit_tiny("window", global_pool="avg", attn_kwargs={"window": 7}, alternate_shift=True),
+        source="edgevit",
+        license="apache-2.0",
+        params_m=0.0,
+        gmacs=0.0,
+        description="DeiT-Tiny geometry with shifted 7x7 window attention (rank <= 5 partition)",
+    )
+)
+
+register_model(
+    ModelSpec(
+        name="vit_tiny_linformer",
+        family="edgevit-vit",
+        attention="linear",
+        builder=_vit_tiny("linformer", attn_kwargs={"k": 64}),
+        source="edgevit",
+        license="apache-2.0",
+        params_m=0.0,
+        gmacs=0.0,
+        description="DeiT-Tiny geometry with Linformer attention (k=64)",
+    )
+)
+
+register_model(
+    ModelSpec(
+        name="vit_tiny_performer",
+        family="edgevit-vit",
+        attention="linear",
+        builder=_vit_tiny("performer", attn_kwargs={"features": 64}),
+        source="edgevit",
+        license="apache-2.0",
+        params_m=0.0,
+        gmacs=0.0,
+        description="DeiT-Tiny geometry with Performer FAVOR+ attention (64 random features)",
+    )
+)

@@ -1,0 +1,80 @@
+"""Loading checkpoints safely: safetensors, or torch files with ``weights_only=True``.
+
+Nothing here unpickles arbitrary objects: a torch file that needs more than tensors and plain
+containers is refused by torch's restricted unpickler and reported as a :class:`ModelError`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from edgevit.errors import ModelError
+
+__all__ = ["load_state_dict", "load_weights", "save_weights"]
+
+_NESTED_KEYS = ("state_dict", "model", "model_state_dict", "module", "ema")
+
+
+def load_state_dict(path: str | os.PathLike) -> dict:
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"{p}: no such weights file")
+    if p.stat().st_size == 0:
+        raise ModelError(f"{p} is empty (0 bytes)")
+    if p.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+
+            return load_file(str(p))
+        except Exception as exc:  # safetensors raises its own SafetensorError and OSError types
+            raise ModelError(f"{p} is not a valid safetensors file: {exc}") from None
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:  # the restricted unpickler raises UnpicklingError / RuntimeError
+        raise ModelError(
+            f"{p} could not be loaded safely (weights_only=True refuses arbitrary objects): "
+            f"{str(exc).splitlines()[0][:300]}. Convert it to safetensors."
+        ) from None
+    for key in _NESTED_KEYS:
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"{p} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_weights(model, path: str | os.PathLike, strict: bool = True) -> None:
+    """Load ``path`` into ``model``; mismatched keys or shapes raise :class:`ModelError`."""
+    state = load_state_dict(path)
+    own = model.state_dict()
+    shape_mismatch = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    if shape_mismatch:
+        if strict:
+            raise ModelError(f"{path} does not fit this model: " + "; ".join(shape_mismatch[:5]))
+        state = {k: v for k, v in state.items() if k not in own or own[k].shape == v.shape}
+    result = model.load_state_dict(state, strict=False)
+    if strict and (result.missing_keys or result.unexpected_keys):
+        parts = []
+        if result.missing_keys:
+            parts.append(f"missing {len(result.missing_keys)} keys (e.g. {', '.join(result.missing_keys[:3])})")
+        if result.unexpected_keys:
+            parts.append(f"unexpected {len(result.unexpected_keys)} keys (e.g. {', '.join(result.unexpected_keys[:3])})")
+        raise ModelError(f"{path} does not fit this model: " + "; ".join(parts))
+
+
+def save_weights(model_or_state, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> None:
+    """Save a state dict as safetensors (contiguous, shared tensors cloned)."""
+    from safetensors.torch import save_file
+
+    state = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else model_or_state
+    state = {k: v.detach().contiguous().clone() for k, v in state.items()}
+    save_file(state, str(path), metadata=dict(metadata or {}))
