@@ -1,0 +1,224 @@
+"""``export()``: the one door from a catalog model to a verified device artifact."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgevit._version import __version__
+from edgevit.converters.base import ConvertOutput, Converter, DelegationReport, ExportConfig, get_converter
+from edgevit.converters.verify import VerificationReport
+from edgevit.errors import ConfigError, ConversionError, EdgeVitError, OutputExistsError, VerificationError
+from edgevit.metadata import ArtifactMetadata
+
+__all__ = ["ExportResult", "build_metadata", "default_artifact_name", "export"]
+
+
+@dataclass
+class ExportResult:
+    """What an export produced and how well it matches the float model."""
+
+    path: Path
+    model: str
+    target: str
+    precision: str
+    bytes: int
+    seconds: float
+    weights: str
+    verification: VerificationReport | None
+    delegation: DelegationReport | None = None
+    warnings: list[str] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "model": self.model,
+            "target": self.target,
+            "precision": self.precision,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+            "weights": self.weights,
+            "verification": self.verification.to_dict() if self.verification else None,
+            "delegation": self.delegation.to_dict() if self.delegation else None,
+            "warnings": list(self.warnings),
+            "fallbacks": list(self.fallbacks),
+            "details": dict(self.details),
+        }
+
+
+def _path_size(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+def default_artifact_name(model: str, target: str, precision: str, suffix: str) -> str:
+    return f"{model}_{target}_{precision}{suffix}"
+
+
+def build_metadata(spec, target: str, precision: str, labels: Sequence[str], weights: str,
+                   fused_input: bool = False, extra: Mapping[str, Any] | None = None) -> ArtifactMetadata:
+    return ArtifactMetadata(
+        model=spec.name,
+        target=target,
+        precision=precision,
+        input_size=tuple(spec.input_size),
+        mean=tuple(spec.mean),
+        std=tuple(spec.std),
+        labels=tuple(labels),
+        layout="NHWC" if fused_input else "NCHW",
+        color_mode=spec.color_mode,
+        input_dtype="uint8" if fused_input else "float32",
+        interpolation=spec.interpolation,
+        crop_pct=spec.crop_pct,
+        fused_input=fused_input,
+        family=spec.family,
+        attention=spec.attention,
+        source=spec.source,
+        weights=weights,
+        edgevit_version=__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        extra=dict(extra or {}),
+    )
+
+
+def _resolve_out(out: str | os.PathLike | None, name: str) -> Path:
+    if out is None:
+        return Path.cwd() / name
+    p = Path(out)
+    # A path with the artifact's suffix is the file itself; anything else is a folder.
+    if p.suffix and p.suffix == Path(name).suffix:
+        return p
+    return p / name
+
+
+def export(
+    model: str,
+    target: str = "tflite",
+    precision: str = "fp32",
+    out: str | os.PathLike | None = None,
+    *,
+    force: bool = False,
+    pretrained: bool = False,
+    weights: str | os.PathLike | None = None,
+    calibration: Any = None,
+    fused_input: bool = False,
+    verify: bool = True,
+    verify_images: Sequence[tuple[str, Any]] | None = None,
+    options: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> ExportResult:
+    """Export catalog model ``model`` to ``target`` at ``precision`` and verify it.
+
+    ``out`` is a folder (the file is named ``<model>_<target>_<precision><suffix>``) or a full
+    file path. The artifact is written under a temporary name and renamed into place only after
+    it converted and passed verification; an existing file is kept unless ``force``. fp32 exports
+    that break parity raise :class:`VerificationError` and leave nothing behind.
+    """
+    from edgevit.models import create_model, get_spec
+
+    spec = get_spec(model)
+    converter: Converter = get_converter(target)
+    config: ExportConfig = converter.make_config(precision, options, calibration, fused_input)
+    converter.check_available()
+    final = _resolve_out(out, default_artifact_name(spec.name, target, precision, converter.suffix))
+    if final.exists() and not force:
+        raise OutputExistsError(final)
+    if not final.parent.exists():
+        try:
+            final.parent.mkdir(parents=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create output folder {final.parent}: {exc.strerror}") from None
+    if not os.access(final.parent, os.W_OK):
+        raise ConfigError(f"output folder {final.parent} is not writable; choose another with --out")
+
+    float_model = create_model(model, pretrained=pretrained, weights=weights)
+    weights_tag = float_model.edgevit_weights
+    metadata = build_metadata(spec, target, precision, spec.label_names(), weights_tag, fused_input)
+
+    start = time.perf_counter()
+    tmp = final.parent / f".{final.stem}.tmp-{uuid.uuid4().hex[:8]}{converter.suffix}"
+    try:
+        import torch
+
+        prepared = converter.prepare(float_model, config)
+        example = torch.from_numpy(_example_input(metadata))
+        try:
+            output: ConvertOutput = converter.convert(prepared, example, tmp, metadata, config)
+        except EdgeVitError:
+            raise
+        except Exception as exc:  # the converter stacks raise many types; name the failure
+            raise ConversionError(
+                f"{target} conversion of {model} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:500] if str(exc) else ''}"
+            ) from exc
+        if not tmp.exists():
+            raise ConversionError(f"{target} converter reported success but wrote no file")
+        seconds = time.perf_counter() - start
+        report = None
+        if verify:
+            report = _verify(converter, tmp, float_model, spec, precision, verify_images)
+            if report.ran and not report.passed:
+                raise VerificationError(
+                    f"{target} {precision} artifact of {model} does not match the float model: {report.summary()}",
+                    report,
+                )
+        _remove(final) if force else None
+        os.replace(tmp, final)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return ExportResult(
+        path=final,
+        model=spec.name,
+        target=target,
+        precision=precision,
+        bytes=_path_size(final),
+        seconds=seconds,
+        weights=weights_tag,
+        verification=report,
+        delegation=output.delegation,
+        warnings=list(output.warnings),
+        fallbacks=list(metadata.fallbacks),
+        details=dict(output.details),
+    )
+
+
+def _example_input(metadata: ArtifactMetadata):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    shape = metadata.input_shape(1)
+    if metadata.fused_input:
+        return rng.integers(0, 256, size=shape, dtype=np.uint8)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _verify(converter: Converter, path: Path, model, spec, precision: str, images) -> VerificationReport:
+    from edgevit.converters.verify import verify_runtime
+    from edgevit.runtimes import load
+    from edgevit.samples import sample_images
+
+    if not converter.runs_here:
+        return VerificationReport.not_run(
+            precision, f"{converter.name} artifacts cannot run on this OS; structural checks only"
+        )
+    named = list(images) if images is not None else sample_images(spec.labels)
+    runtime = load(path, runtime=converter.runtime)
+    return verify_runtime(runtime, model, named, precision)

@@ -1,0 +1,134 @@
+"""TFLite runtime: ai-edge-litert's interpreter (XNNPACK on by default), or tflite-runtime.
+
+The edgevit metadata lives in the flatbuffer's ``metadata`` table under the name ``edgevit``;
+it is read with the flatbuffer schema module that ai-edge-litert ships (data only).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgevit.errors import ArtifactError, MissingDependencyError
+from edgevit.metadata import METADATA_KEY, ArtifactMetadata
+from edgevit.runtimes.base import Runtime, register_runtime
+
+__all__ = ["TFLiteRuntime", "read_tflite_metadata"]
+
+_TFLITE_IDENTIFIER = b"TFL3"
+
+
+def _interpreter_class():
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, "ai-edge-litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter  # type: ignore[import-not-found]
+
+        return Interpreter, "tflite-runtime"
+    except ImportError:
+        raise MissingDependencyError("ai-edge-litert", "tflite", "run .tflite artifacts") from None
+
+
+def _check_flatbuffer(data: bytes, name: str) -> None:
+    if len(data) == 0:
+        raise ArtifactError(f"{name} is empty (0 bytes)")
+    if len(data) < 16 or data[4:8] != _TFLITE_IDENTIFIER:
+        raise ArtifactError(f"{name} is not a TFLite model (no TFL3 flatbuffer identifier)")
+
+
+def read_tflite_metadata(data: bytes, name: str = "model") -> dict[str, bytes]:
+    """All named metadata entries of a TFLite flatbuffer, as raw bytes."""
+    _check_flatbuffer(data, name)
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:
+        try:
+            from tflite_runtime import schema_py_generated as schema  # type: ignore[import-not-found]
+        except ImportError:
+            raise MissingDependencyError("ai-edge-litert", "tflite", "read .tflite metadata") from None
+    entries: dict[str, bytes] = {}
+    try:
+        model = schema.Model.GetRootAs(data, 0)
+        for i in range(model.MetadataLength()):
+            meta = model.Metadata(i)
+            key = (meta.Name() or b"").decode("utf-8", "replace")
+            buf = model.Buffers(meta.Buffer())
+            if buf.Offset() > 1:  # large models keep buffers after the flatbuffer
+                start, size = buf.Offset(), buf.Size()
+                if start + size > len(data):
+                    raise ArtifactError(f"{name} is truncated (metadata buffer past end of file)")
+                entries[key] = bytes(data[start : start + size])
+            else:
+                arr = buf.DataAsNumpy()
+                entries[key] = arr.tobytes() if isinstance(arr, np.ndarray) else b""
+    except ArtifactError:
+        raise
+    except Exception as exc:  # malformed flatbuffers raise IndexError/struct.error/...
+        raise ArtifactError(f"{name} is a corrupt TFLite flatbuffer: {type(exc).__name__}") from None
+    return entries
+
+
+@register_runtime
+class TFLiteRuntime(Runtime):
+    """Runs ``.tflite`` artifacts; int8 input/output tensors are (de)quantised with their own
+    scale and zero point."""
+
+    name = "tflite"
+    suffixes = (".tflite",)
+    extra = "tflite"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        super().__init__(path, threads)
+        Interpreter, self.engine = _interpreter_class()
+        p = Path(path)
+        if p.is_dir():
+            raise ArtifactError(f"{p} is a folder, not a .tflite file")
+        data = p.read_bytes()
+        entries = read_tflite_metadata(data, p.name)
+        if METADATA_KEY not in entries:
+            raise ArtifactError(
+                f"{p.name} has no edgevit metadata; export it with `edgevit export` "
+                "(labels and preprocessing are read from there)"
+            )
+        self.metadata = ArtifactMetadata.from_json(entries[METADATA_KEY])
+        try:
+            self._interpreter = Interpreter(model_content=data, num_threads=threads)
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ArtifactError(f"{p.name} could not be loaded by {self.engine}: {exc}") from None
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        self._batch = int(self._input["shape"][0])
+
+    def _quantize(self, batch: np.ndarray) -> np.ndarray:
+        dtype = self._input["dtype"]
+        if batch.dtype == dtype:
+            return batch
+        scale, zero = self._input.get("quantization", (0.0, 0))
+        if np.issubdtype(dtype, np.integer) and scale:
+            info = np.iinfo(dtype)
+            q = np.rint(batch.astype(np.float32) / scale + zero)
+            return np.clip(q, info.min, info.max).astype(dtype)
+        return batch.astype(dtype)
+
+    def _dequantize(self, out: np.ndarray) -> np.ndarray:
+        scale, zero = self._output.get("quantization", (0.0, 0))
+        if np.issubdtype(out.dtype, np.integer) and scale:
+            return (out.astype(np.float32) - zero) * scale
+        return out.astype(np.float32)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        rows = []
+        # The converted graph has a static batch of 1 (or its export batch): feed in chunks.
+        for i in range(0, batch.shape[0], self._batch):
+            chunk = self._quantize(batch[i : i + self._batch])
+            self._interpreter.set_tensor(self._input["index"], chunk)
+            self._interpreter.invoke()
+            rows.append(self._dequantize(self._interpreter.get_tensor(self._output["index"])))
+        return np.concatenate(rows)
