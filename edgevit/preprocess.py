@@ -46,7 +46,7 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     else:  # 'F' or signed 32-bit: stretch the observed range
         lo, hi = float(arr.min(initial=0)), float(arr.max(initial=0))
         scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
 
 
 def _convert_mode(img: Image.Image, mode: str) -> Image.Image:

@@ -1,0 +1,129 @@
+"""The ``edgevit`` command line.
+
+Each sub-command is one module in this package exposing ``COMMAND`` (its name), ``HELP`` (one
+line), ``add_arguments(parser)`` and ``run(args) -> int``. Modules import their heavy
+dependencies inside ``run`` so ``edgevit predict`` never imports torch.
+
+Conventions: ``--json`` prints one JSON document (or JSON lines) on stdout and nothing else
+there; errors print ``Error: message`` on stderr and exit 1, with the traceback only under
+``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import pkgutil
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from edgevit._version import __version__
+from edgevit.errors import EdgeVitError
+
+__all__ = ["emit_json", "json_stdout_guard", "main", "print_table"]
+
+_ORDER = ["list", "info", "export", "predict", "verify", "bench", "profile", "eval", "train", "distill",
+          "prune", "report", "demo", "quickstart"]
+
+
+def _commands() -> list[Any]:
+    import edgevit.cli as package
+
+    modules = []
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"{package.__name__}.{info.name}")
+        if hasattr(mod, "COMMAND"):
+            modules.append(mod)
+    rank = {name: i for i, name in enumerate(_ORDER)}
+    return sorted(modules, key=lambda m: (rank.get(m.COMMAND, 99), m.COMMAND))
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgevit",
+        description="Export efficient Vision Transformers to edge runtimes and prove they still match.",
+        formatter_class=_Formatter,
+        epilog="Example:\n  edgevit export mobilevit_xxs --target tflite --out out/\n"
+        "  edgevit predict out/mobilevit_xxs_tflite_fp32.tflite cat.jpg --top-k 5",
+    )
+    parser.add_argument("--version", action="version", version=f"edgevit {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in _commands():
+        p = sub.add_parser(
+            mod.COMMAND,
+            help=mod.HELP,
+            description=getattr(mod, "DESCRIPTION", mod.HELP),
+            epilog="Example:\n  " + "\n  ".join(getattr(mod, "EXAMPLES", [])),
+            formatter_class=_Formatter,
+        )
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+@contextlib.contextmanager
+def json_stdout_guard(enabled: bool) -> Iterator[None]:
+    """While ``enabled``, anything written to stdout (by converters, at the file-descriptor level
+    too) goes to stderr, so ``--json`` output stays one clean document."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
+    cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for j, r in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except EdgeVitError as exc:
+        if args.debug:
+            raise
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

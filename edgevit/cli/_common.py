@@ -1,0 +1,71 @@
+"""Shared CLI helpers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+__all__ = ["add_weights_arguments", "format_bytes", "parse_options", "print_export_result", "progress_enabled"]
+
+
+def add_weights_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--pretrained", action="store_true",
+                   help="load pretrained weights (shipped with edgevit, or from the hub when online)")
+    g.add_argument("--weights", metavar="FILE",
+                   help="load a local checkpoint (safetensors, or a torch file read with weights_only=True)")
+
+
+def parse_options(items: list[str] | None) -> dict[str, Any]:
+    """Parse repeated ``--option key=value`` into a dict (ints, floats, booleans understood)."""
+    from edgevit.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--option expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        v: Any = value
+        if value.lower() in ("true", "false"):
+            v = value.lower() == "true"
+        else:
+            for cast in (int, float):
+                try:
+                    v = cast(value)
+                    break
+                except ValueError:
+                    pass
+        out[key.strip()] = v
+    return out
+
+
+def format_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def progress_enabled(args: argparse.Namespace) -> bool:
+    return not getattr(args, "json", False) and sys.stderr.isatty()
+
+
+def print_export_result(result) -> None:
+    print(f"Exported {result.model} -> {result.path}")
+    print(f"  target {result.target}, precision {result.precision}, weights {result.weights}")
+    print(f"  size {format_bytes(result.bytes)}, conversion {result.seconds:.1f} s")
+    if result.delegation is not None:
+        d = result.delegation
+        print(f"  delegated to {d.delegate}: {d.share:.1%} of nodes ({d.delegated_nodes}/{d.total_nodes}), "
+              f"{d.partitions} partition(s)")
+        if d.outside_ops:
+            ops = ", ".join(f"{k} x{v}" for k, v in sorted(d.outside_ops.items(), key=lambda kv: -kv[1]))
+            print(f"  outside the delegate: {ops}")
+    if result.verification is not None:
+        print(f"  verification: {result.verification.summary()}")
+    for fb in result.fallbacks:
+        print(f"  fallback: {fb}")
+    for w in result.warnings:
+        print(f"  warning: {w}")

@@ -1,0 +1,47 @@
+"""``edgevit list``: the model catalog as a table."""
+
+from __future__ import annotations
+
+import argparse
+
+COMMAND = "list"
+HELP = "list catalog models (name, family, attention kind, params, MACs)"
+EXAMPLES = ["edgevit list", "edgevit list 'deit*' --attention global", "edgevit list --targets", "edgevit list --json"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pattern", nargs="?", default="*", help="glob on model names (default: all)")
+    p.add_argument("--attention", dest="attention_kind", metavar="KIND",
+                   help="only models of this attention kind: global, windowed, linear, conv-hybrid, cnn")
+    p.add_argument("--target", help="only models with no known issue on this target")
+    p.add_argument("--targets", action="store_true", help="show the per-target support table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgevit.cli import emit_json, print_table
+    from edgevit.models import get_spec, list_models
+
+    names = list_models(args.pattern, attention=args.attention_kind, target=args.target)
+    specs = [get_spec(n) for n in names]
+    if args.targets:
+        from edgevit.support import support_table
+
+        table = support_table(names)
+        if args.json:
+            emit_json(table)
+        else:
+            targets = table["targets"]
+            rows = [[r["model"], *[r["targets"][t]["status"] for t in targets]] for r in table["rows"]]
+            print_table(rows, ["model", *targets])
+            print("\n" + table["legend"])
+        return 0
+    if args.json:
+        emit_json([s.to_dict() for s in specs])
+        return 0
+    rows = [
+        [s.name, s.family, s.attention, f"{s.params_m:.2f}", f"{s.gmacs:.3f}", f"{s.input_size[0]}x{s.input_size[1]}",
+         "yes" if s.has_pretrained else "-"]
+        for s in specs
+    ]
+    print_table(rows, ["name", "family", "attention", "params (M)", "GMACs", "input", "pretrained"])
+    return 0

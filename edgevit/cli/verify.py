@@ -1,0 +1,63 @@
+"""``edgevit verify``: check an existing artifact against the float model on real images."""
+
+from __future__ import annotations
+
+import argparse
+
+COMMAND = "verify"
+HELP = "compare an artifact with the float torch model on real images (top-1, cosine, max abs diff)"
+EXAMPLES = [
+    "edgevit verify out/mobilevit_xxs_tflite_fp32.tflite",
+    "edgevit verify out/vit_fmnist_tiny_onnx_fp32.onnx --pretrained my_photos/*.png --json",
+]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from edgevit.cli._common import add_weights_arguments
+
+    p.add_argument("artifact", help="artifact exported by edgevit")
+    p.add_argument("images", nargs="*", help="image files (default: edgevit's real sample photos)")
+    p.add_argument("--model", help="catalog model (default: the one named in the artifact's metadata)")
+    add_weights_arguments(p)
+    p.add_argument("--threads", type=int, default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edgevit.cli import emit_json, json_stdout_guard
+    from edgevit.converters.verify import verify_runtime
+    from edgevit.errors import VerificationError
+    from edgevit.models import create_model, get_spec
+    from edgevit.preprocess import load_image
+    from edgevit.runtimes import load
+    from edgevit.samples import sample_images
+
+    with json_stdout_guard(args.json):
+        runtime = load(args.artifact, threads=args.threads)
+        meta = runtime.metadata
+        name = args.model or meta.model
+        spec = get_spec(name)
+        weights = args.weights
+        pretrained = args.pretrained
+        if not weights and not pretrained and meta.weights not in ("", "random-init"):
+            # Use the weights the artifact was exported from when they are reachable here.
+            if Path(meta.weights).is_file():
+                weights = meta.weights
+            elif meta.weights in (spec.embedded_weights, spec.hub_id):
+                pretrained = True
+        model = create_model(name, pretrained=pretrained, weights=weights)
+        if args.images:
+            named = [(Path(p).name, load_image(p, meta.color_mode)) for p in args.images]
+        else:
+            named = sample_images(spec.labels)
+        report = verify_runtime(runtime, model, named, meta.precision)
+    if args.json:
+        emit_json({"artifact": args.artifact, "model": name, "weights": model.edgevit_weights, **report.to_dict()})
+    else:
+        print(f"{args.artifact} vs float {name} ({model.edgevit_weights}): {report.summary()}")
+        if report.disagreements:
+            print(f"  top-1 disagrees on: {', '.join(report.disagreements)}")
+    if not report.passed:
+        raise VerificationError(f"{args.artifact} does not match the float model within tolerance", report)
+    return 0

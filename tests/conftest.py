@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
+
+REPO = Path(__file__).resolve().parent.parent
+FMNIST_WEIGHTS = REPO / "models" / "weights" / "vit_fmnist_tiny.safetensors"
+
+
+@pytest.fixture(scope="session")
+def photos():
+    from edgevit.samples import natural_photos
+
+    imgs = natural_photos()
+    assert len(imgs) >= 5, "real sample photos (scikit-image, matplotlib, scikit-learn) must be installed"
+    return imgs
+
+
+@pytest.fixture(scope="session")
+def has_fmnist_weights() -> bool:
+    return FMNIST_WEIGHTS.is_file()
