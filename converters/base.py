@@ -106,6 +106,7 @@ class Converter(abc.ABC):
     runtime: ClassVar[str]
     runs_here: ClassVar[bool] = True
     needs_calibration: ClassVar[tuple[str, ...]] = ("int8",)
+    supports_fused_input: ClassVar[bool] = True
 
     def check_available(self) -> None:
         """Raise :class:`MissingDependencyError` naming the extra if a required module is missing."""
@@ -143,6 +144,8 @@ class Converter(abc.ABC):
                 f"precision {precision} on {self.name} needs calibration images; "
                 "pass --calibration DIR|DATASET (or use int8-dynamic)"
             )
+        if fused_input and not self.supports_fused_input:
+            raise ConfigError(f"target {self.name} does not take uint8 frames; export without --fused-input")
         merged = {**self.options, **options}
         return ExportConfig(self.name, precision, merged, calibration, fused_input)
 

@@ -75,16 +75,24 @@ def default_artifact_name(model: str, target: str, precision: str, suffix: str) 
 
 def build_metadata(spec, target: str, precision: str, labels: Sequence[str], weights: str,
                    fused_input: bool = False, extra: Mapping[str, Any] | None = None) -> ArtifactMetadata:
+    """The metadata an artifact of ``spec`` carries. A fused-input artifact takes uint8 NHWC RGB
+    frames; for a grayscale model the luma conversion is folded in too, so its metadata says RGB
+    (mean/std repeated per channel, for information: the runtime does not apply them)."""
+    extra = dict(extra or {})
+    mean, std, color_mode = tuple(spec.mean), tuple(spec.std), spec.color_mode
+    if fused_input and color_mode == "L":
+        extra["model_color_mode"] = "L"
+        mean, std, color_mode = mean * 3, std * 3, "RGB"
     return ArtifactMetadata(
         model=spec.name,
         target=target,
         precision=precision,
         input_size=tuple(spec.input_size),
-        mean=tuple(spec.mean),
-        std=tuple(spec.std),
+        mean=mean,
+        std=std,
         labels=tuple(labels),
         layout="NHWC" if fused_input else "NCHW",
-        color_mode=spec.color_mode,
+        color_mode=color_mode,
         input_dtype="uint8" if fused_input else "float32",
         interpolation=spec.interpolation,
         crop_pct=spec.crop_pct,
@@ -95,7 +103,7 @@ def build_metadata(spec, target: str, precision: str, labels: Sequence[str], wei
         weights=weights,
         edgevit_version=__version__,
         created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        extra=dict(extra or {}),
+        extra=extra,
     )
 
 
@@ -158,7 +166,14 @@ def export(
     try:
         import torch
 
-        prepared = converter.prepare(float_model, config)
+        import copy
+
+        from edgevit.converters.rewrites import fuse_input_stage, reparameterize
+
+        edge_model = reparameterize(copy.deepcopy(float_model))
+        if config.fused_input:
+            edge_model = fuse_input_stage(edge_model, spec.mean, spec.std, spec.input_size, spec.color_mode)
+        prepared = converter.prepare(edge_model, config)
         example = torch.from_numpy(_example_input(metadata))
         try:
             output: ConvertOutput = converter.convert(prepared, example, tmp, metadata, config)
@@ -173,7 +188,8 @@ def export(
         seconds = time.perf_counter() - start
         report = None
         if verify:
-            report = _verify(converter, tmp, float_model, spec, precision, verify_images)
+            reference = build_metadata(spec, target, precision, spec.label_names(), weights_tag)
+            report = _verify(converter, tmp, float_model, spec, precision, verify_images, reference)
             if report.ran and not report.passed:
                 raise VerificationError(
                     f"{target} {precision} artifact of {model} does not match the float model: {report.summary()}",
@@ -210,7 +226,8 @@ def _example_input(metadata: ArtifactMetadata):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-def _verify(converter: Converter, path: Path, model, spec, precision: str, images) -> VerificationReport:
+def _verify(converter: Converter, path: Path, model, spec, precision: str, images,
+            reference: ArtifactMetadata) -> VerificationReport:
     from edgevit.converters.verify import verify_runtime
     from edgevit.runtimes import load
     from edgevit.samples import sample_images
@@ -221,4 +238,4 @@ def _verify(converter: Converter, path: Path, model, spec, precision: str, image
         )
     named = list(images) if images is not None else sample_images(spec.labels)
     runtime = load(path, runtime=converter.runtime)
-    return verify_runtime(runtime, model, named, precision)
+    return verify_runtime(runtime, model, named, precision, reference)

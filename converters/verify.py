@@ -17,7 +17,7 @@ import numpy as np
 from edgevit.metadata import ArtifactMetadata
 from edgevit.preprocess import preprocess
 
-__all__ = ["TOLERANCES", "Tolerance", "VerificationReport", "compare_logits", "reference_logits", "verify_runtime"]
+__all__ = ["TOLERANCES", "Tolerance", "tolerance_for", "VerificationReport", "compare_logits", "reference_logits", "verify_runtime"]
 
 
 @dataclass(frozen=True)
@@ -95,11 +95,23 @@ class VerificationReport:
                    passed=True, ran=False, note=note)
 
 
+# A fused-input grayscale artifact computes luma in float; the reference rounds it to 8 bits
+# (Pillow's convert("L")), an input difference of up to 0.5/255 that the logits inherit.
+FUSED_LUMA_FP32 = Tolerance(min_cosine=0.9999, min_top1_agreement=1.0, max_abs_rel=1e-2)
+
+
+def tolerance_for(precision: str, metadata: ArtifactMetadata | None = None) -> Tolerance:
+    if precision == "fp32" and metadata is not None and metadata.extra.get("model_color_mode") == "L":
+        return FUSED_LUMA_FP32
+    return TOLERANCES[precision]
+
+
 def compare_logits(
-    names: Sequence[str], reference: np.ndarray, candidate: np.ndarray, precision: str
+    names: Sequence[str], reference: np.ndarray, candidate: np.ndarray, precision: str,
+    tolerance: Tolerance | None = None,
 ) -> VerificationReport:
     """Compare two (n, classes) logit arrays row by row under ``precision``'s tolerance."""
-    tol = TOLERANCES[precision]
+    tol = tolerance or TOLERANCES[precision]
     ref = reference.astype(np.float64)
     cand = candidate.astype(np.float64)
     if ref.shape != cand.shape:
@@ -138,6 +150,12 @@ def compare_logits(
     )
 
 
+def _reference_metadata(meta: ArtifactMetadata) -> ArtifactMetadata:
+    if meta.extra.get("model_color_mode") == "L":
+        return meta.replace(color_mode="L", mean=meta.mean[:1], std=meta.std[:1])
+    return meta
+
+
 def reference_logits(model, images: Sequence, metadata: ArtifactMetadata) -> np.ndarray:
     """Float torch logits for ``images`` under the reference (unfused) preprocessing."""
     import torch
@@ -148,10 +166,15 @@ def reference_logits(model, images: Sequence, metadata: ArtifactMetadata) -> np.
     return np.stack(rows)
 
 
-def verify_runtime(runtime, model, named_images: Sequence[tuple[str, Any]], precision: str) -> VerificationReport:
-    """Run ``named_images`` through a loaded runtime and the float model and compare."""
+def verify_runtime(runtime, model, named_images: Sequence[tuple[str, Any]], precision: str,
+                   reference: ArtifactMetadata | None = None) -> VerificationReport:
+    """Run ``named_images`` through a loaded runtime and the float model and compare.
+
+    ``reference`` is the float model's own (unfused) preprocessing; by default it is derived from
+    the artifact's metadata (correct unless the artifact folds a colour conversion).
+    """
     names = [n for n, _ in named_images]
     images = [img for _, img in named_images]
-    ref = reference_logits(model, images, runtime.metadata)
+    ref = reference_logits(model, images, reference or _reference_metadata(runtime.metadata))
     cand = np.stack([runtime.run(preprocess(img, runtime.metadata))[0] for img in images])
-    return compare_logits(names, ref, cand, precision)
+    return compare_logits(names, ref, cand, precision, tolerance_for(precision, runtime.metadata))
