@@ -4,6 +4,8 @@ The edgevit metadata travels inside the program as a *constant method*: ExecuTor
 ``constant_methods`` argument emits an extra method (named :data:`~edgevit.metadata.METADATA_KEY`,
 ``"edgevit"``) that takes no input and returns the metadata JSON as a string. The runtime reads it
 back with ``program.load_method("edgevit").execute([])``; nothing beside the ``.pte`` is needed.
+A second constant method, ``edgevit_sha256``, holds the SHA-256 of the file (computed over the
+file with the digest itself zeroed), so the runtime can reject damaged files before loading them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from edgevit.converters.base import ConvertOutput, Converter, DelegationReport, ExportConfig, register_converter
 from edgevit.errors import ConversionError
 from edgevit.metadata import METADATA_KEY, ArtifactMetadata
+from edgevit.runtimes.executorch import DIGEST_METHOD, DIGEST_PREFIX, check_pte, pte_digest
 
 if TYPE_CHECKING:
     import torch
@@ -107,7 +110,10 @@ class ExecuTorchConverter(Converter):
             edge = to_edge_transform_and_lower(
                 exported,
                 partitioner=[XnnpackPartitioner()],
-                constant_methods={METADATA_KEY: metadata.to_json()},
+                constant_methods={
+                    METADATA_KEY: metadata.to_json(),
+                    DIGEST_METHOD: (DIGEST_PREFIX + b"0" * 64).decode("ascii"),
+                },
             )
             report = delegation_report(edge.exported_program().graph_module)
             stage = "to_executorch"
@@ -115,7 +121,7 @@ class ExecuTorchConverter(Converter):
             buffer = program.buffer
         except Exception as exc:
             raise ConversionError(_describe_failure(stage, exc), op=_failing_op(exc)) from exc
-        path.write_bytes(buffer)
+        path.write_bytes(_seal(buffer))
         warnings = []
         if report.share < 1.0:
             outside = ", ".join(f"{op} x{n}" for op, n in list(report.outside_ops.items())[:6])
@@ -126,8 +132,25 @@ class ExecuTorchConverter(Converter):
         return ConvertOutput(
             warnings=warnings,
             delegation=report,
-            details={"converter": f"executorch {et_version.__version__}", "metadata_method": METADATA_KEY},
+            details={
+                "converter": f"executorch {et_version.__version__}",
+                "metadata_method": METADATA_KEY,
+                "digest_method": DIGEST_METHOD,
+            },
         )
+
+
+def _seal(buffer: bytes) -> bytes:
+    """Write the file's SHA-256 into the digest placeholder (same length, so the flatbuffer
+    layout does not move); the runtime checks it before loading (see runtimes/executorch.py)."""
+    data = bytearray(buffer)
+    at = data.find(DIGEST_PREFIX)
+    if at < 0 or data.find(DIGEST_PREFIX, at + 1) >= 0:
+        raise ConversionError("ExecuTorch program does not hold exactly one edgevit digest placeholder")
+    at += len(DIGEST_PREFIX)
+    data[at : at + 64] = pte_digest(data, at).encode("ascii")
+    check_pte(bytes(data), "the exported program")
+    return bytes(data)
 
 
 def _failing_op(exc: BaseException) -> str | None:
