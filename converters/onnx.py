@@ -65,6 +65,11 @@ class ONNXConverter(Converter):
     extra = "export"
     runtime = "onnx"
 
+    def prepare(self, model: nn.Module, config: ExportConfig) -> nn.Module:
+        """Edge rewrites that keep the math (applied to the copy being exported)."""
+        _warm_attention_bias_caches(model)
+        return model
+
     def make_config(self, precision="fp32", options=None, calibration=None, fused_input=False) -> ExportConfig:
         config = super().make_config(precision, options, calibration, fused_input)
         opset = config.options["opset"]
@@ -73,8 +78,9 @@ class ONNXConverter(Converter):
                 f"onnx option opset must be an integer from {MIN_OPSET} to {MAX_OPSET} "
                 f"(the torch dynamo exporter's range that onnxruntime 1.32 runs), got {opset!r}"
             )
-        if not isinstance(config.options["dynamic_batch"], bool):
-            raise ConfigError(f"onnx option dynamic_batch must be true or false, got {config.options['dynamic_batch']!r}")
+        dynamic = config.options["dynamic_batch"]
+        if not isinstance(dynamic, bool):
+            raise ConfigError(f"onnx option dynamic_batch must be true or false, got {dynamic!r}")
         return config
 
     def convert(
@@ -94,6 +100,10 @@ class ONNXConverter(Converter):
         kwargs: dict[str, Any] = {}
         if dynamic_batch:
             kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+            if example.shape[0] == 1:
+                # A batch-1 example invites torch.export's 0/1 specialisation (seen with the
+                # fused uint8 NHWC input stage: "Invalid ranges [2:1]"); trace with two rows.
+                example = torch.cat([example, example])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -111,7 +121,10 @@ class ONNXConverter(Converter):
                     **kwargs,
                 )
             except Exception as exc:
-                raise ConversionError(_describe_failure(exc), op=_failing_op(exc)) from exc
+                hint = " (if it concerns the batch dimension, retry with --option dynamic_batch=false)"
+                raise ConversionError(
+                    _describe_failure(exc) + (hint if dynamic_batch else ""), op=_failing_op(exc)
+                ) from exc
         if program is None:  # only the legacy exporter returns None; dynamo=True never should
             raise ConversionError("torch.onnx.export returned no ONNX program")
 
@@ -123,17 +136,18 @@ class ONNXConverter(Converter):
         proto.doc_string = f"edgevit export of {metadata.model} ({metadata.precision})"
         try:
             onnx.checker.check_model(proto, full_check=True)
-        except onnx.checker.ValidationError as exc:
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
             raise ConversionError(
                 f"the exported ONNX model fails onnx.checker: {str(exc).strip().splitlines()[0][:400]}"
             ) from exc
 
-        body = proto.SerializeToString()
-        if len(body) > _PROTOBUF_LIMIT:
+        size = proto.ByteSize()
+        if size > _PROTOBUF_LIMIT:
             raise ConversionError(
-                f"{metadata.model} is {len(body) / 2**30:.1f} GiB as ONNX, over protobuf's 2 GiB limit "
+                f"{metadata.model} is {size / 2**30:.1f} GiB as ONNX, over protobuf's 2 GiB limit "
                 "for a single-file model; edgevit writes single-file artifacts only"
             )
+        body = proto.SerializeToString()
         # Written in one piece: the caller's temporary path, never an external-data side file.
         path.write_bytes(body + checksum_trailer(hashlib.sha256(body).hexdigest()))
 
@@ -149,6 +163,52 @@ class ONNXConverter(Converter):
         }
         return ConvertOutput(warnings=_relevant(caught), details=details)
 
+    def structure(self, path: Path) -> dict[str, Any]:
+        """Inputs, outputs, opset, op counts and metadata keys of a written ``.onnx`` file."""
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+
+        def shape(value) -> list[int | str]:
+            dims = value.type.tensor_type.shape.dim
+            return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+
+        ops = Counter(n.op_type for n in proto.graph.node)
+        return {
+            "inputs": {v.name: shape(v) for v in proto.graph.input},
+            "outputs": {v.name: shape(v) for v in proto.graph.output},
+            "opset": _default_opset(proto),
+            "ir_version": proto.ir_version,
+            "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
+            "nodes": sum(ops.values()),
+            "op_types": dict(ops.most_common()),
+            "metadata_keys": [p.key for p in proto.metadata_props],
+        }
+
+
+def _warm_attention_bias_caches(model: nn.Module) -> int:
+    """Fill the eval-mode attention-bias caches of timm's LeViT / EfficientFormerV2 attention.
+
+    Those modules gather their relative-position biases into a per-device dict on first call.
+    Traced cold, torch.export warns that tensor attributes are assigned during export and the
+    graph keeps the gather (GatherND). Warm, the bias tables are constants the exporter folds.
+    Same numbers either way; returns how many modules were warmed.
+    """
+    import torch
+
+    if model.training:
+        return 0  # train() clears the caches again; the exporter traces eval models
+    warmed = 0
+    with torch.no_grad():
+        for module in model.modules():
+            cache = getattr(module, "attention_bias_cache", None)
+            getter = getattr(module, "get_attention_biases", None)
+            if isinstance(cache, dict) and callable(getter):
+                ref = next(module.parameters(), None)
+                getter(ref.device if ref is not None else torch.device("cpu"))
+                warmed += 1
+    return warmed
+
 
 def _default_opset(proto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), -1)
@@ -160,7 +220,8 @@ def _relevant(caught: list[warnings.WarningMessage]) -> list[str]:
     for w in caught:
         if issubclass(w.category, (DeprecationWarning, FutureWarning, PendingDeprecationWarning)):
             continue
-        text = f"{w.category.__name__}: {str(w.message).strip().splitlines()[0][:300] if str(w.message).strip() else ''}"
+        message = str(w.message).strip()
+        text = f"{w.category.__name__}: {message.splitlines()[0][:300] if message else ''}"
         if text not in seen:
             seen.append(text)
     return seen[:10]
@@ -192,12 +253,25 @@ def _failing_op(exc: BaseException) -> str | None:
     return None
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_SUMMARY_CAUSE = re.compile(r"^<class '(?:[\w.]+\.)?(\w+)'>: (.+)$", re.MULTILINE)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost cause from the exporter's "Exception summary", else the first message line."""
+    text = _ANSI.sub("", str(exc))
+    m = _SUMMARY_CAUSE.search(text.split("## Exception summary", 1)[-1]) if "## Exception summary" in text else None
+    if m:
+        return f"{m.group(1)}: {m.group(2).strip()}"
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
 def _describe_failure(exc: BaseException) -> str:
     op = _failing_op(exc)
-    stage = "torch.export could not capture the model" if "TorchExportError" in type(exc).__name__ else (
-        "the torch dynamo ONNX exporter failed"
+    stage = (
+        "torch.export could not capture the model"
+        if "TorchExportError" in type(exc).__name__
+        else "the torch dynamo ONNX exporter failed"
     )
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    # The exporter's first line is generic ("Failed to convert ..."); keep the first specific one.
-    first = next((ln for ln in lines if not ln.startswith(("Failed to", "[torch.onnx]"))), lines[0] if lines else "")
-    return f"{stage}{f' at op {op}' if op else ''}: {type(exc).__name__}: {first[:400]}"
+    return f"{stage}{f' at op {op}' if op else ''}: {_root_cause(exc)[:400]}"

@@ -3,8 +3,9 @@
 The edgevit metadata is read from the model's ``metadata_props`` (``custom_metadata_map``) under
 the key ``edgevit``. Files written by edgevit end with an ``edgevit.sha256`` entry holding the
 SHA-256 of every byte before it; it is checked on load, so a flipped bit in a weight (which still
-parses as ONNX) is reported instead of silently changing predictions. Files re-saved by other ONNX
-tools lose that trailing position and load unchecked (:attr:`ONNXRuntime.checksum` is ``None``).
+parses as ONNX) is reported instead of silently changing predictions. A file without that entry
+(another tool's export, or an edited model whose entry was deleted) loads unchecked
+(:attr:`ONNXRuntime.checksum` is ``None``); a model edited but still carrying the entry is refused.
 
 Imports neither torch nor onnx: onnxruntime and numpy only.
 """
@@ -22,7 +23,7 @@ from edgevit.errors import ArtifactError, MissingDependencyError
 from edgevit.metadata import METADATA_KEY, ArtifactMetadata
 from edgevit.runtimes.base import Runtime, register_runtime
 
-__all__ = ["CHECKSUM_KEY", "ONNXRuntime"]
+__all__ = ["CHECKSUM_KEY", "ONNXRuntime", "verify_checksum"]
 
 CHECKSUM_KEY = "edgevit.sha256"
 # The serialized ModelProto field 14 (metadata_props) entry {key: CHECKSUM_KEY, value: 64 hex
@@ -86,8 +87,9 @@ def verify_checksum(data: bytes, name: str) -> str | None:
     actual = hashlib.sha256(data[:-_TRAILER_LEN]).hexdigest()
     if actual != expected:
         raise ArtifactError(
-            f"{name} is corrupt: its SHA-256 checksum does not match the one stored at export "
-            "(the file changed after export: a damaged copy or storage error); export or copy it again"
+            f"{name} is corrupt: its SHA-256 checksum does not match the one stored at export, so the "
+            "file changed after export (a damaged copy or storage error); export or copy it again. "
+            f"If you edited it on purpose with another ONNX tool, delete its {CHECKSUM_KEY!r} metadata_props entry"
         )
     return expected
 
