@@ -38,6 +38,7 @@ class ExportResult:
     warnings: list[str] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    fused_input: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +46,7 @@ class ExportResult:
             "model": self.model,
             "target": self.target,
             "precision": self.precision,
+            "fused_input": self.fused_input,
             "bytes": self.bytes,
             "seconds": round(self.seconds, 3),
             "weights": self.weights,
@@ -213,6 +215,7 @@ def export(
         warnings=list(output.warnings),
         fallbacks=list(metadata.fallbacks),
         details=dict(output.details),
+        fused_input=config.fused_input,
     )
 
 

@@ -70,26 +70,26 @@ _HALF = (0.5, 0.5, 0.5)
 
 # MobileViT: convolutions with global attention over unfolded patches (v1), separable linear
 # attention (v2). Apple's weights: cvnets, Apple sample code license.
-_timm("mobilevit_xxs", "mobilevit", "conv-hybrid", "cvnets_in1k", 1.27, 0.256, 256, 0.9, _ZERO_MEAN, _UNIT_STD, license="other (Apple)", description="MobileViT XXS (Mehta & Rastegari 2022)")
-_timm("mobilevit_xs", "mobilevit", "conv-hybrid", "cvnets_in1k", 2.32, 0.705, 256, 0.9, _ZERO_MEAN, _UNIT_STD, license="other (Apple)", description="MobileViT XS")
-_timm("mobilevit_s", "mobilevit", "conv-hybrid", "cvnets_in1k", 5.58, 1.418, 256, 0.9, _ZERO_MEAN, _UNIT_STD, license="other (Apple)", description="MobileViT S")
-_timm("mobilevitv2_050", "mobilevitv2", "linear", "cvnets_in1k", 1.37, 0.475, 256, 0.888, _ZERO_MEAN, _UNIT_STD, license="other (Apple)", description="MobileViT v2 0.5 with separable (linear) self-attention")
+_timm("mobilevit_xxs", "mobilevit", "conv-hybrid", "cvnets_in1k", 1.272, 0.4074, 256, 0.9, _ZERO_MEAN, _UNIT_STD, license="other (Apple)", description="MobileViT XXS (Mehta & Rastegari 2022)")
+_timm("mobilevit_xs", "mobilevit", "conv-hybrid", "cvnets_in1k", 2.318, 1.026, 256, 0.9, _ZERO_MEAN, _UNIT_STD, license="other (Apple)", description="MobileViT XS")
+_timm("mobilevit_s", "mobilevit", "conv-hybrid", "cvnets_in1k", 5.579, 2.001, 256, 0.9, _ZERO_MEAN, _UNIT_STD, license="other (Apple)", description="MobileViT S")
+_timm("mobilevitv2_050", "mobilevitv2", "linear", "cvnets_in1k", 1.371, 0.4646, 256, 0.888, _ZERO_MEAN, _UNIT_STD, license="other (Apple)", description="MobileViT v2 0.5 with separable (linear) self-attention")
 # DeiT: plain ViTs with global attention (Touvron et al. 2021).
-_timm("deit_tiny_patch16_224", "deit", "global", "fb_in1k", 5.72, 1.254, description="DeiT Tiny")
-_timm("deit_small_patch16_224", "deit", "global", "fb_in1k", 22.05, 4.608, description="DeiT Small")
-_timm("deit_tiny_distilled_patch16_224", "deit", "global", "fb_in1k", 5.91, 1.263, description="DeiT Tiny with distillation token")
+_timm("deit_tiny_patch16_224", "deit", "global", "fb_in1k", 5.717, 1.254, description="DeiT Tiny")
+_timm("deit_small_patch16_224", "deit", "global", "fb_in1k", 22.051, 4.599, description="DeiT Small")
+_timm("deit_tiny_distilled_patch16_224", "deit", "global", "fb_in1k", 5.911, 1.261, description="DeiT Tiny with distillation token")
 # Swin: shifted-window attention (Liu et al. 2021) and the smallest window of timm's SwinV2.
-_timm("swin_tiny_patch4_window7_224", "swin", "windowed", "ms_in1k", 28.29, 4.495, license="mit", description="Swin-T, 7x7 windows")
-_timm("swinv2_tiny_window8_256", "swinv2", "windowed", "ms_in1k", 28.35, 5.96, 256, license="mit", description="SwinV2-T, 8x8 windows")
+_timm("swin_tiny_patch4_window7_224", "swin", "windowed", "ms_in1k", 28.288, 4.491, license="mit", description="Swin-T, 7x7 windows")
+_timm("swinv2_tiny_window8_256", "swinv2", "windowed", "ms_in1k", 28.347, 5.94, 256, license="mit", description="SwinV2-T, 8x8 windows")
 # EfficientViT (MIT): multi-scale ReLU linear attention.
-_timm("efficientvit_b0", "efficientvit", "linear", "r224_in1k", 3.41, 0.101, crop_pct=0.95, description="EfficientViT-B0 (Cai et al. 2023), ReLU linear attention")
-_timm("efficientvit_b1", "efficientvit", "linear", "r224_in1k", 9.10, 0.529, crop_pct=0.95, description="EfficientViT-B1")
+_timm("efficientvit_b0", "efficientvit", "linear", "r224_in1k", 3.41, 0.1002, crop_pct=0.95, description="EfficientViT-B0 (Cai et al. 2023), ReLU linear attention")
+_timm("efficientvit_b1", "efficientvit", "linear", "r224_in1k", 9.102, 0.5192, crop_pct=0.95, description="EfficientViT-B1")
 # LeViT: attention with learned biases, conv-like stages.
-_timm("levit_128s", "levit", "global", "fb_in1k", 7.78, 0.305, description="LeViT-128S (attention biases, BN-based)")
+_timm("levit_128s", "levit", "global", "fb_in1k", 7.777, 0.3047, description="LeViT-128S (attention biases, BN-based)")
 # EfficientFormerV2 and FastViT: convolutional stages with attention late (conv-hybrids).
-_timm("efficientformerv2_s0", "efficientformerv2", "conv-hybrid", "snap_dist_in1k", 3.60, 0.404, crop_pct=0.95, description="EfficientFormerV2-S0")
-_timm("fastvit_t8", "fastvit", "cnn", "apple_in1k", 4.03, 0.705, 256, license="other (Apple)", description="FastViT-T8 (RepMixer token mixing, no attention)")
-_timm("fastvit_sa12", "fastvit", "conv-hybrid", "apple_in1k", 11.58, 1.943, 256, license="other (Apple)", description="FastViT-SA12 (attention in the last stage)")
+_timm("efficientformerv2_s0", "efficientformerv2", "conv-hybrid", "snap_dist_in1k", 3.6, 0.3959, crop_pct=0.95, description="EfficientFormerV2-S0")
+_timm("fastvit_t8", "fastvit", "cnn", "apple_in1k", 4.026, 0.6901, 256, license="other (Apple)", description="FastViT-T8 (RepMixer token mixing, no attention)")
+_timm("fastvit_sa12", "fastvit", "conv-hybrid", "apple_in1k", 11.581, 1.944, 256, license="other (Apple)", description="FastViT-SA12 (attention in the last stage)")
 # CNN baseline.
-_timm("mobilenetv3_small_100", "mobilenetv3", "cnn", "lamb_in1k", 2.54, 0.058, crop_pct=0.875, description="MobileNetV3-Small 1.0 (CNN baseline)")
-_timm("mobilenetv3_large_100", "mobilenetv3", "cnn", "ra_in1k", 5.48, 0.227, crop_pct=0.875, description="MobileNetV3-Large 1.0 (CNN baseline)")
+_timm("mobilenetv3_small_100", "mobilenetv3", "cnn", "lamb_in1k", 2.543, 0.05651, crop_pct=0.875, description="MobileNetV3-Small 1.0 (CNN baseline)")
+_timm("mobilenetv3_large_100", "mobilenetv3", "cnn", "ra_in1k", 5.483, 0.2166, crop_pct=0.875, description="MobileNetV3-Large 1.0 (CNN baseline)")

@@ -6,6 +6,7 @@ it is read with the flatbuffer schema module that ai-edge-litert ships (data onl
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 
@@ -42,31 +43,64 @@ def _check_flatbuffer(data: bytes, name: str) -> None:
         raise ArtifactError(f"{name} is not a TFLite model (no TFL3 flatbuffer identifier)")
 
 
-def read_tflite_metadata(data: bytes, name: str = "model") -> dict[str, bytes]:
-    """All named metadata entries of a TFLite flatbuffer, as raw bytes."""
-    _check_flatbuffer(data, name)
+# TFLite schema field slots (schema.fbs; a table's vtable slot for field i is 4 + 2 * i).
+_MODEL_BUFFERS, _MODEL_METADATA = 4, 6
+_METADATA_NAME, _METADATA_BUFFER = 0, 1
+_BUFFER_DATA, _BUFFER_OFFSET, _BUFFER_SIZE = 0, 1, 2
+
+
+def _slot(field: int) -> int:
+    return 4 + 2 * field
+
+
+def read_tflite_metadata(data, name: str = "model") -> dict[str, bytes]:
+    """All named metadata entries of a TFLite flatbuffer, as raw bytes.
+
+    Reads only the ``metadata`` and ``buffers`` tables with the ``flatbuffers`` runtime (no
+    generated schema module, no copy of the model): the device path stays small and fast.
+    ``data`` may be bytes or an mmap.
+    """
+    _check_flatbuffer(data[:16], name)
     try:
-        from ai_edge_litert import schema_py_generated as schema
+        import flatbuffers
+        from flatbuffers import number_types as N
     except ImportError:
-        try:
-            from tflite_runtime import schema_py_generated as schema  # type: ignore[import-not-found]
-        except ImportError:
-            raise MissingDependencyError("ai-edge-litert", "tflite", "read .tflite metadata") from None
+        raise MissingDependencyError("flatbuffers", "tflite", "read .tflite metadata") from None
     entries: dict[str, bytes] = {}
     try:
-        model = schema.Model.GetRootAs(data, 0)
-        for i in range(model.MetadataLength()):
-            meta = model.Metadata(i)
-            key = (meta.Name() or b"").decode("utf-8", "replace")
-            buf = model.Buffers(meta.Buffer())
-            if buf.Offset() > 1:  # large models keep buffers after the flatbuffer
-                start, size = buf.Offset(), buf.Size()
-                if start + size > len(data):
+        buf = data  # bytes or mmap; slicing either copies only the slice
+        root = flatbuffers.table.Table(buf, flatbuffers.encode.Get(N.UOffsetTFlags.packer_type, buf, 0))
+        meta_off = root.Offset(_slot(_MODEL_METADATA))
+        buffers_off = root.Offset(_slot(_MODEL_BUFFERS))
+        if not meta_off:
+            return entries
+        meta_vec = root.Vector(meta_off)
+        n_buffers = root.VectorLen(buffers_off) if buffers_off else 0
+        for i in range(root.VectorLen(meta_off)):
+            entry = flatbuffers.table.Table(buf, root.Indirect(meta_vec + 4 * i))
+            o = entry.Offset(_slot(_METADATA_NAME))
+            key = bytes(entry.String(o + entry.Pos)).decode("utf-8", "replace") if o else ""
+            o = entry.Offset(_slot(_METADATA_BUFFER))
+            index = entry.Get(N.Uint32Flags, o + entry.Pos) if o else 0
+            if index >= n_buffers:
+                raise ArtifactError(f"{name}: metadata {key!r} points at buffer {index} of {n_buffers}")
+            b = flatbuffers.table.Table(buf, root.Indirect(root.Vector(buffers_off) + 4 * index))
+            o_off, o_size = b.Offset(_slot(_BUFFER_OFFSET)), b.Offset(_slot(_BUFFER_SIZE))
+            offset = b.Get(N.Uint64Flags, o_off + b.Pos) if o_off else 0
+            if offset > 1:  # large models keep buffers after the flatbuffer
+                size = b.Get(N.Uint64Flags, o_size + b.Pos) if o_size else 0
+                if offset + size > len(buf):
                     raise ArtifactError(f"{name} is truncated (metadata buffer past end of file)")
-                entries[key] = bytes(data[start : start + size])
+                entries[key] = bytes(buf[offset : offset + size])
             else:
-                arr = buf.DataAsNumpy()
-                entries[key] = arr.tobytes() if isinstance(arr, np.ndarray) else b""
+                o = b.Offset(_slot(_BUFFER_DATA))
+                if not o:
+                    entries[key] = b""
+                    continue
+                start, length = b.Vector(o), b.VectorLen(o)
+                if start + length > len(buf):
+                    raise ArtifactError(f"{name} is truncated (metadata past end of file)")
+                entries[key] = bytes(buf[start : start + length])
     except ArtifactError:
         raise
     except Exception as exc:  # malformed flatbuffers raise IndexError/struct.error/...
@@ -89,8 +123,13 @@ class TFLiteRuntime(Runtime):
         p = Path(path)
         if p.is_dir():
             raise ArtifactError(f"{p} is a folder, not a .tflite file")
-        data = p.read_bytes()
-        entries = read_tflite_metadata(data, p.name)
+        size = p.stat().st_size
+        if size == 0:
+            raise ArtifactError(f"{p.name} is empty (0 bytes)")
+        with open(p, "rb") as f:
+            # Map instead of reading: the interpreter maps the file itself, so nothing is copied.
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                entries = read_tflite_metadata(data, p.name)
         if METADATA_KEY not in entries:
             raise ArtifactError(
                 f"{p.name} has no edgevit metadata; export it with `edgevit export` "
@@ -98,7 +137,7 @@ class TFLiteRuntime(Runtime):
             )
         self.metadata = ArtifactMetadata.from_json(entries[METADATA_KEY])
         try:
-            self._interpreter = Interpreter(model_content=data, num_threads=threads)
+            self._interpreter = Interpreter(model_path=str(p), num_threads=threads)
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ArtifactError(f"{p.name} could not be loaded by {self.engine}: {exc}") from None

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
+# CLI runs record results; keep them out of the user's ~/.cache during tests.
+os.environ["EDGEVIT_RESULTS_DB"] = os.path.join(tempfile.mkdtemp(prefix="edgevit-test-db-"), "results.sqlite")
 
 REPO = Path(__file__).resolve().parent.parent
 FMNIST_WEIGHTS = REPO / "models" / "weights" / "vit_fmnist_tiny.safetensors"

@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fold normalisation into the model: it takes uint8 HxWx3 frames directly")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="target-specific option (repeatable)")
     p.add_argument("--no-verify", action="store_true", help="skip verification against the float model")
+    p.add_argument("--db", metavar="FILE", help="results database (default: ~/.cache/edgevit/results.sqlite)")
+    p.add_argument("--no-record", action="store_true", help="do not store the result in the database")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,17 +52,13 @@ def run(args: argparse.Namespace) -> int:
             verify=not args.no_verify,
             options=parse_options(args.option),
         )
-    _record(result)
+    if not args.no_record:
+        from edgevit.results import record_export
+
+        record_export(result, db=args.db)
     if args.json:
         emit_json(result.to_dict())
     else:
         print_export_result(result)
     return 0
 
-
-def _record(result) -> None:
-    try:
-        from edgevit.results import record_export
-    except ImportError:
-        return
-    record_export(result)
