@@ -5,6 +5,17 @@
 >>> result.verification.summary()                                    # doctest: +SKIP
 """
 
+from edgevit._torchvision_compat import ensure_torchvision_importable as _ensure_torchvision
+
+# Converters run beside torch: make torchvision (imported by timm and some converter stacks)
+# importable before anything else imports it (see edgevit/_torchvision_compat.py).
+try:
+    import torch as _torch  # noqa: F401
+except ImportError:  # pragma: no cover - the export extra is not installed
+    pass
+else:
+    _ensure_torchvision()
+
 from edgevit.converters.base import (
     PRECISIONS,
     ConvertOutput,

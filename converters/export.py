@@ -156,6 +156,8 @@ def export(
             final.parent.mkdir(parents=True)
         except OSError as exc:
             raise ConfigError(f"cannot create output folder {final.parent}: {exc.strerror}") from None
+    if not final.parent.is_dir():
+        raise ConfigError(f"output folder {final.parent} is not a folder (a file is in the way); choose another with --out")
     if not os.access(final.parent, os.W_OK):
         raise ConfigError(f"output folder {final.parent} is not writable; choose another with --out")
 

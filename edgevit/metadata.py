@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ _LAYOUTS = ("NCHW", "NHWC")
 _COLOR_MODES = ("RGB", "L")
 _INPUT_DTYPES = ("float32", "uint8", "int8")
 _MAX_METADATA_BYTES = 4 * 1024 * 1024
+_MAX_SIDE = 16384
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,14 @@ class ArtifactMetadata:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        if len(self.input_size) != 2 or min(self.input_size) <= 0:
-            raise ArtifactError(f"metadata input_size must be (height, width) > 0, got {self.input_size}")
+        if len(self.input_size) != 2 or min(self.input_size) <= 0 or max(self.input_size) > _MAX_SIDE:
+            raise ArtifactError(
+                f"metadata input_size must be (height, width) in 1..{_MAX_SIDE}, got {self.input_size}"
+            )
+        if not isinstance(self.fused_input, bool):
+            raise ArtifactError(f"metadata fused_input must be true or false, got {self.fused_input!r}")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std, self.crop_pct)):
+            raise ArtifactError("metadata mean/std/crop_pct must be finite numbers")
         if self.layout not in _LAYOUTS:
             raise ArtifactError(f"metadata layout must be one of {_LAYOUTS}, got {self.layout!r}")
         if self.color_mode not in _COLOR_MODES:
@@ -145,7 +153,7 @@ class ArtifactMetadata:
             if not isinstance(kwargs.get("extra", {}), Mapping):
                 raise ArtifactError("edgevit metadata field 'extra' must be an object")
             return cls(**kwargs)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ArtifactError(f"edgevit metadata is malformed: {exc}") from None
 
     @classmethod
@@ -154,6 +162,6 @@ class ArtifactMetadata:
             raise ArtifactError("edgevit metadata is implausibly large (> 4 MiB)")
         try:
             data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ArtifactError(f"edgevit metadata is not valid JSON: {exc}") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise ArtifactError(f"edgevit metadata is not valid JSON: {str(exc)[:200]}") from None
         return cls.from_dict(data)
