@@ -3,7 +3,7 @@
 The table is generated from code and data, never by hand: ``models/support.json`` is written by
 the full-matrix run (``python benchmarks/matrix.py``), and catalog entries' ``known_issues`` name
 the failing op where one is known. ``python -m edgevit.support --markdown`` prints the README's
-table; a test checks the README carries exactly that.
+table, ``--write-readme`` puts it there; a test checks the README carries exactly that.
 """
 
 from __future__ import annotations
@@ -77,8 +77,21 @@ def support_markdown(names: Sequence[str] | None = None) -> str:
     return "\n".join(lines) + "\n\n" + table["legend"] + "\n"
 
 
+START, END = "<!-- support-table:start -->", "<!-- support-table:end -->"
+
+
+def readme_with_table(readme: str, table: str) -> str:
+    """``readme`` with the text between the support-table markers replaced by ``table``."""
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{table}{END}{tail}"
+
+
 if __name__ == "__main__":  # pragma: no cover
-    if "--markdown" in sys.argv:
+    if "--write-readme" in sys.argv:
+        readme = Path(__file__).resolve().parent.parent / "README.md"
+        readme.write_text(readme_with_table(readme.read_text(), support_markdown()))
+    elif "--markdown" in sys.argv:
         sys.stdout.write(support_markdown())
     else:
         json.dump(support_table(), sys.stdout, indent=1)

@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     from edgevit.converters import export
 
     precision = args.precision or ("fp16" if args.target == "coreml" else "fp32")
-    with json_stdout_guard(args.json):
+    # Converter chatter goes to stderr; stdout carries only edgevit's own output.
+    with json_stdout_guard(True):
         result = export(
             args.model,
             target=args.target,

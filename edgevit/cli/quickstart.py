@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
     conv = get_converter(args.target)
     path = Path(args.out) / default_artifact_name(model, args.target, "fp32", conv.suffix)
-    with json_stdout_guard(args.json):
+    # Converter chatter goes to stderr; stdout carries only edgevit's own output.
+    with json_stdout_guard(True):
         if path.exists() and not args.force:
             say(f"      {path} exists (pass --force to re-export); verifying it again instead")
             from edgevit.converters.verify import verify_runtime
