@@ -62,9 +62,9 @@ register_model(
         source="edgevit",
         license="apache-2.0 (weights trained here on Fashion-MNIST, MIT)",
         embedded_weights="vit_fmnist_tiny.safetensors",
-        params_m=0.326,
-        gmacs=0.01735,
-        description="Conv-stem ViT (4 blocks, width 96) trained here on Fashion-MNIST; ships with weights",
+        params_m=0.152,
+        gmacs=0.00837,
+        description="Conv-stem ViT (4 blocks, width 64, 4 heads) trained here on Fashion-MNIST (90.1% test top-1); ships with weights",
     )
 )
 

@@ -12,6 +12,7 @@ import pytest
 
 from edgevit.bench import BenchReport, _stats, format_bench
 from edgevit.errors import ArtifactError, ConfigError
+from edgevit.models import get_spec
 
 
 def shared_artifact(tmp_path_factory, target: str) -> Path:
@@ -77,7 +78,7 @@ def test_bench_every_artifact_torch_gemm_and_targets(tmp_path_factory, tmp_path,
         assert row["throughput"] > 0 and row["load_ms"] > 0 and row["cold_start_ms"] > row["load_ms"]
         assert row["peak_rss_mb"] > row["rss_start_mb"] > 0
         assert row["size_bytes"] > 100_000
-        assert row["gmacs"] == pytest.approx(0.01735, rel=0.01)
+        assert row["gmacs"] == pytest.approx(get_spec("vit_fmnist_tiny").gmacs, rel=0.01)
         assert 0 < row["efficiency_pct"]
         assert row["model"] == "vit_fmnist_tiny"
     gemm = data["machine"]["gemm"]

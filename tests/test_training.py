@@ -75,9 +75,10 @@ def test_config_validates():
 @needs_fashion
 def test_quick_training_learns_real_fashion_mnist(tmp_path):
     ds = load_dataset("fashion-mnist")
-    result = train("vit_fmnist_tiny", ds.subset(2000, 1000), epochs=1, batch_size=32, lr=2e-3,
+    result = train("vit_fmnist_tiny", ds.subset(3000, 1000), epochs=2, batch_size=32, lr=3e-3,
                    augment=False, seed=0, out=tmp_path, progress=False)
-    # chance is 10%; one short epoch on 2,000 real images must be far above it
+    # chance is 10%; 188 steps on 3,000 real images reach 63-64% (seeds 0, 1); a ViT this size
+    # needs more than one 2,000-image epoch to be reliably past 50%
     assert result.test_top1 >= 0.50, result.history
     model = create_model("vit_fmnist_tiny", weights=result.weights)
     top1, _ = evaluate(model, ds.test_images[:1000], ds.test_labels[:1000])
@@ -147,6 +148,23 @@ def test_fine_tune_from_weights_with_another_head(tmp_path):
     assert any("head" in w for w in result.warnings)
     model = create_model("vit_fmnist_tiny", weights=result.weights, num_classes=3)
     assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 3)
+
+
+def test_trains_on_an_image_folder_in_the_models_colour_mode(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("dark", "light")):
+        (tmp_path / "pets" / name).mkdir(parents=True)
+        for i in range(10):  # RGB images of another size: read as 28x28 grayscale for this model
+            pixels = rng.integers(0, 100, (40, 30, 3)) + 150 * c
+            Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "pets" / name / f"{i}.png")
+    result = train("vit_fmnist_tiny", tmp_path / "pets", epochs=1, batch_size=8, threads=1,
+                   out=tmp_path / "run", progress=False)
+    assert result.classes == ("dark", "light") and len(result.history) == 1
+    assert result.config.augment == "auto"
+    model = create_model("vit_fmnist_tiny", weights=result.weights, num_classes=2)
+    assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 2)
 
 
 def test_cli_train_json(tmp_path, capsys):

@@ -14,8 +14,10 @@ DESCRIPTION = (
     "OUT/MODEL.safetensors (use it with --weights in export/predict/eval) and OUT/MODEL.json."
 )
 EXAMPLES = [
-    "edgevit train vit_fmnist_tiny --data fashion-mnist --epochs 8 --out runs/fmnist",
-    "edgevit train vit_fmnist_tiny --data fashion-mnist --epochs 8 --out runs/fmnist --resume",
+    "edgevit train vit_fmnist_tiny --data fashion-mnist --epochs 8 --batch-size 64 --lr 3e-3 "
+    "--label-smoothing 0.1 --augment flip --out runs/fmnist   # the shipped weights' recipe",
+    "edgevit train vit_fmnist_tiny --data fashion-mnist --epochs 8 --batch-size 64 --lr 3e-3 "
+    "--label-smoothing 0.1 --augment flip --out runs/fmnist --resume",
     "edgevit train mobilevit_xxs --data photos/ --epochs 20 --batch-size 32 --lr 5e-4 --out runs/photos",
     "edgevit train vit_fmnist_tiny --data digits --epochs 3 --out runs/digits --json",
 ]
