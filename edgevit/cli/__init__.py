@@ -108,6 +108,9 @@ def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # On shared or small CPUs OpenMP threads that spin while waiting make torch 3-4x slower;
+    # must be set before torch is imported (the user's own setting wins).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
