@@ -16,6 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgevit.converters.base import ConvertOutput, Converter, DelegationReport, ExportConfig, register_converter
+from edgevit.converters.quantize import (
+    QUANT_OPTIONS,
+    QuantSettings,
+    add_size_and_latency,
+    compare_latency,
+    metadata_summary,
+    summary_lines,
+)
 from edgevit.errors import ConversionError
 from edgevit.metadata import METADATA_KEY, ArtifactMetadata
 from edgevit.runtimes.executorch import DIGEST_METHOD, DIGEST_PREFIX, check_pte, pte_digest
@@ -85,9 +93,18 @@ class ExecuTorchConverter(Converter):
 
     name = "executorch"
     suffix = ".pte"
-    precisions = ("fp32",)
+    precisions = ("fp32", "int8-dynamic", "int8")
+    options = {**QUANT_OPTIONS, "rewrite": True}
     requires = ("executorch",)
     runtime = "executorch"
+
+    def prepare(self, model: torch.nn.Module, config: ExportConfig) -> torch.nn.Module:
+        """Edge rewrites for XNNPACK (option ``rewrite``, default on): attention as per-head
+        batched matmuls, LayerNorm with its means as one-output linear layers, Swin's windows at
+        rank <= 5, so the graph lowers into XNNPACK whole (see :mod:`edgevit.converters.rewrites`)."""
+        from edgevit.converters.rewrites import EdgeRewriteConfig, rewrite_for_target
+
+        return rewrite_for_target(model, config, EdgeRewriteConfig(layer_norm="linear"))
 
     def convert(
         self,
@@ -97,47 +114,44 @@ class ExecuTorchConverter(Converter):
         metadata: ArtifactMetadata,
         config: ExportConfig,
     ) -> ConvertOutput:
-        import torch
+        """fp32 lowering; int8-dynamic / int8 quantize first through PT2E with the XNNPACK
+        quantizer (int8 with a calibrated, ViT-aware mix; see :mod:`edgevit.converters.quantize`)."""
         from executorch import version as et_version
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.exir import to_edge_transform_and_lower
 
-        stage = "torch.export"
-        try:
-            with torch.no_grad():
-                exported = torch.export.export(model, (example,), strict=False)
-            stage = "edge lowering (XNNPACK partitioner)"
-            edge = to_edge_transform_and_lower(
-                exported,
-                partitioner=[XnnpackPartitioner()],
-                constant_methods={
-                    METADATA_KEY: metadata.to_json(),
-                    DIGEST_METHOD: (DIGEST_PREFIX + b"0" * 64).decode("ascii"),
-                },
-            )
-            report = delegation_report(edge.exported_program().graph_module)
-            stage = "to_executorch"
-            program = edge.to_executorch()
-            buffer = program.buffer
-        except Exception as exc:
-            raise ConversionError(_describe_failure(stage, exc), op=_failing_op(exc)) from exc
-        path.write_bytes(_seal(buffer))
-        warnings = []
+        section = None
+        warnings: list[str] = []
+        artifact_meta = metadata
+        lowered_model = model
+        if config.precision != "fp32":
+            lowered_model, section, warnings = _quantize_pt2e(model, example, metadata, config)
+            artifact_meta = metadata.replace(extra={**metadata.extra, "quantization": metadata_summary(section)})
+        data, report = _lower(lowered_model, example, artifact_meta)
+        path.write_bytes(data)
         if report.share < 1.0:
             outside = ", ".join(f"{op} x{n}" for op, n in list(report.outside_ops.items())[:6])
             warnings.append(
                 f"{report.share:.1%} of compute nodes delegated to XNNPACK in {report.partitions} "
                 f"partition(s); outside the delegate: {outside}"
             )
-        return ConvertOutput(
-            warnings=warnings,
-            delegation=report,
-            details={
-                "converter": f"executorch {et_version.__version__}",
-                "metadata_method": METADATA_KEY,
-                "digest_method": DIGEST_METHOD,
-            },
-        )
+        details: dict[str, Any] = {
+            "converter": f"executorch {et_version.__version__}",
+            "metadata_method": METADATA_KEY,
+            "digest_method": DIGEST_METHOD,
+        }
+        if section is not None:
+            if QuantSettings.from_options(config.options).compare_fp32:
+                fp32_path = path.with_name(f".{path.stem}.fp32-compare{path.suffix}")
+                try:
+                    fp32_data, _ = _lower(model, example, metadata.replace(precision="fp32"))
+                    fp32_path.write_bytes(fp32_data)
+                    x = example.detach().cpu().numpy()
+                    latency = compare_latency({"fp32": fp32_path, "quantized": path}, self.runtime, x)
+                finally:
+                    fp32_path.unlink(missing_ok=True)
+                add_size_and_latency(section, len(fp32_data), len(data), latency)
+            details["quantization"] = section
+            details["quantization_summary"] = summary_lines(section)
+        return ConvertOutput(warnings=warnings, delegation=report, details=details)
 
 
 def _seal(buffer: bytes) -> bytes:
@@ -166,3 +180,270 @@ def _describe_failure(stage: str, exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     first = lines[0][:400] if lines else type(exc).__name__
     return f"ExecuTorch {stage} failed{f' (op {op})' if op else ''}: {type(exc).__name__}: {first}"
+
+
+def _lower(model: torch.nn.Module, example: torch.Tensor, metadata: ArtifactMetadata) -> tuple[bytes, DelegationReport]:
+    """torch.export -> edge dialect -> XNNPACK -> sealed ``.pte`` bytes, and the delegation report."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    stage = "torch.export"
+    try:
+        with torch.no_grad():
+            exported = torch.export.export(model, (example,), strict=False)
+        stage = "edge lowering (XNNPACK partitioner)"
+        edge = to_edge_transform_and_lower(
+            exported,
+            partitioner=[XnnpackPartitioner()],
+            constant_methods={
+                METADATA_KEY: metadata.to_json(),
+                DIGEST_METHOD: (DIGEST_PREFIX + b"0" * 64).decode("ascii"),
+            },
+        )
+        report = delegation_report(edge.exported_program().graph_module)
+        stage = "to_executorch"
+        buffer = edge.to_executorch().buffer
+    except Exception as exc:
+        raise ConversionError(_describe_failure(stage, exc), op=_failing_op(exc)) from exc
+    return _seal(buffer), report
+
+
+# ----------------------------------------------------------------------------------------------
+# Quantization through PT2E with the XNNPACK quantizer.
+#
+# The XNNPACK quantizer annotates linear/conv, add, mul, cat and average pooling; softmax,
+# LayerNorm, GELU and matmuls between activations stay float by design (XNNPACK runs them in
+# fp32). The ViT-aware search decides which of the annotated ops to leave float as well. It runs
+# on a *simulation*: one prepared, calibrated graph whose observers are swapped for switchable
+# fake-quantizers, so each candidate mix costs one forward pass instead of a new prepare.
+
+_PT2E_LINEAR = ("aten.linear", "aten.conv2d", "aten.conv1d", "aten.convolution")  # _op_name drops ".default"
+_PT2E_ANNOTATED = _PT2E_LINEAR + ("aten.add.Tensor", "aten.mul.Tensor", "aten.cat", "aten.adaptive_avg_pool2d")
+_BY_DESIGN = ["softmax", "layer norm", "GELU and other activations", "matmuls between activations (attention)"]
+
+
+def _module_path(node: Any) -> str:
+    import re
+
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = str(list(stack.values())[-1][0])
+    path = path.replace("L['self'].", "").replace("L['self']", "")
+    path = re.sub(r"_modules\['([^']+)'\]", r"\1", path)
+    path = re.sub(r"\[(\d+)\]", r".\1", path)
+    return path.strip(".")
+
+
+def _pt2e_ops(graph_module: Any, model: Any) -> list:
+    """The ops the XNNPACK quantizer would annotate, as :class:`QuantOp` (id = FX node name)."""
+    from edgevit.converters.quantize import QuantOp, role_of_module
+
+    modules = dict(model.named_modules())
+    ops = []
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        kind = _op_name(node.target)
+        if kind not in _PT2E_ANNOTATED:
+            continue
+        module = _module_path(node)
+        mod = modules.get(module)
+        if mod is not None and role_of_module(type(mod).__name__) == "norm":
+            role = "norm"
+        elif kind in _PT2E_LINEAR:
+            role = "linear"
+        elif kind == "aten.add.Tensor":
+            tensors = [a for a in node.args[:2] if hasattr(a, "op") and a.op not in ("get_attr",)]
+            role = "residual_add" if len(tensors) == 2 else "elementwise"
+        elif kind == "aten.mul.Tensor":
+            role = "elementwise"
+        else:
+            role = "other"
+        if role == "linear" and not module:
+            module = node.name
+        ops.append(QuantOp(id=node.name, kind=kind, role=role, module=module))
+    return ops
+
+
+def _export_for_quant(model: torch.nn.Module, example: torch.Tensor) -> tuple[Any, bool]:
+    """The model as a pre-autograd FX graph for PT2E, with a dynamic batch if it traces so."""
+    import torch
+
+    try:
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        pair = torch.cat([example, example])
+        with torch.no_grad():
+            ep = torch.export.export(model, (pair,), dynamic_shapes=({0: batch},), strict=False)
+        return ep.module(), True
+    except Exception:  # a graph that specialises on the batch: evaluate one image at a time
+        with torch.no_grad():
+            ep = torch.export.export(model, (example,), strict=False)
+        return ep.module(), False
+
+
+def _forward_all(module: Any, inputs: Any, batched: bool, batch: int = 64) -> Any:
+    """Logits of ``module`` on a numpy stack of single inputs."""
+    import numpy as np
+    import torch
+
+    rows = []
+    with torch.no_grad():
+        data = torch.from_numpy(np.ascontiguousarray(inputs))
+        step = batch if batched else 1
+        for i in range(0, len(data), step):
+            out = module(data[i : i + step])
+            rows.append(out.float().reshape(out.shape[0], -1).numpy())
+    return np.concatenate(rows)
+
+
+class _SwitchableFakeQuant:
+    """Factory for the simulation's fake-quantizer modules (torch imported lazily)."""
+
+    @staticmethod
+    def wrap(observer: Any) -> Any:
+        import torch
+
+        class SwitchableFakeQuant(torch.nn.Module):
+            def __init__(self, obs: Any) -> None:
+                super().__init__()
+                scale, zero = obs.calculate_qparams()
+                self.register_buffer("scale", scale.float().reshape(-1))
+                self.register_buffer("zero", zero.to(torch.int32).reshape(-1))
+                self.qmin, self.qmax = int(obs.quant_min), int(obs.quant_max)
+                self.per_channel = obs.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine)
+                self.axis = int(getattr(obs, "ch_axis", 0))
+                self.enabled = True
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                if not self.enabled:
+                    return x
+                if self.per_channel:
+                    return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero, self.axis, self.qmin, self.qmax)
+                return torch.fake_quantize_per_tensor_affine(x, float(self.scale[0]), int(self.zero[0]), self.qmin, self.qmax)
+
+        return SwitchableFakeQuant(observer)
+
+
+def _is_observer(module: Any) -> bool:
+    return hasattr(module, "calculate_qparams") and hasattr(module, "quant_min")
+
+
+def _install_switches(prepared: Any, op_ids: set) -> list:
+    """Swap every observer of a calibrated prepared graph for a switchable fake-quantizer;
+    return (switch, ops it serves) pairs. An observer serves the annotated op that produced its
+    tensor and the annotated ops that read it; it is off only when all of them stay float."""
+    switches = []
+    for node in list(prepared.graph.nodes):
+        if node.op != "call_module":
+            continue
+        obs = prepared.get_submodule(node.target)
+        if not _is_observer(obs):
+            continue
+        served = set()
+        producer = node.args[0] if node.args else None
+        if getattr(producer, "name", None) in op_ids:
+            served.add(producer.name)
+        served |= {u.name for u in node.users if u.name in op_ids}
+        switch = _SwitchableFakeQuant.wrap(obs)
+        setattr(prepared, node.target, switch)
+        switches.append((switch, frozenset(served)))
+    return switches
+
+
+def _quantize_pt2e(model: torch.nn.Module, example: torch.Tensor, metadata: ArtifactMetadata, config: ExportConfig):
+    """(converted PT2E module, report section, warnings) for int8-dynamic / int8."""
+    import copy
+
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from edgevit.converters import quantize as qz
+
+    settings = QuantSettings.from_options(config.options)
+    dynamic = config.precision == "int8-dynamic"
+    qconfig = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
+    tool = "executorch XNNPACKQuantizer + torchao PT2E"
+    warnings: list[str] = []
+    calib = search = None
+    if config.calibration is not None:
+        calib, search, note = qz.load_quant_data(config.calibration, metadata, settings)
+        if note:
+            warnings.append(note)
+        if search.note:
+            warnings.append(f"calibration {search.note}")
+    calibration_info = calib.describe() if calib is not None else None
+    if calibration_info is not None and search is not calib:
+        calibration_info["search_images"] = len(search)
+
+    graph, batched = _export_for_quant(model, example)
+    reference = _forward_all(model, search.inputs, True) if search is not None else None
+
+    def quantize(exclude: frozenset = frozenset()) -> Any:
+        quantizer = XNNPACKQuantizer().set_global(qconfig)
+        if exclude:
+            quantizer.set_filter_function(lambda n: n.name not in exclude)
+        prepared = prepare_pt2e(copy.deepcopy(graph), quantizer)
+        if dynamic:
+            _forward_all(prepared, example.detach().numpy(), batched)
+        else:
+            _forward_all(prepared, calib.inputs, batched)
+        return convert_pt2e(prepared)
+
+    try:
+        if dynamic:
+            converted = quantize()
+            evaluation = qz.fidelity(reference, _forward_all(converted, search.inputs, batched), search.labels) if search else None
+            scheme = "int8 dynamic: per-channel int8 weights, activations quantized per call (linear layers)"
+            return converted, qz.report("int8-dynamic", scheme, tool, settings, calibration=calibration_info,
+                                        evaluation=evaluation), warnings
+
+        ops = _pt2e_ops(graph, model)
+        op_ids = {op.id for op in ops}
+        groups = []
+        if settings.recipe == "vit-aware":
+            groups = qz.build_groups(ops, qz.linear_outlier_scores(model, calib.inputs))
+        members = {g.name: frozenset(g.op_ids) for g in groups}
+
+        simulated = prepare_pt2e(copy.deepcopy(graph), XNNPACKQuantizer().set_global(qconfig))
+        _forward_all(simulated, calib.inputs, batched)
+        switches = _install_switches(simulated, op_ids)
+
+        def evaluate(kept: frozenset, n: int):
+            floating = frozenset().union(*(members[k] for k in kept)) if kept else frozenset()
+            for switch, served in switches:
+                switch.enabled = not served or not served <= floating
+            return _forward_all(simulated, search.inputs[:n], batched)
+
+        target = settings.target(search.labelled)
+        result = qz.search_mix(groups, evaluate, reference, search.labels, target)
+        if settings.recipe == "vit-aware" and not result.met:
+            raise ConversionError(
+                f"int8 could not meet the fidelity target ({target.describe()}): naive int8 gives "
+                f"{result.naive.summary()}; keeping {', '.join(result.kept) or 'nothing'} out of int8 gives "
+                f"{result.final.summary()}. Relax it (--option max_drop=N / min_cosine=C), or use --precision int8-dynamic"
+            )
+        exclude = frozenset().union(*(members[k] for k in result.kept)) if result.kept else frozenset()
+        converted = quantize(exclude)
+        actual = qz.fidelity(reference, _forward_all(converted, search.inputs, batched), search.labels)
+    except ConversionError:
+        raise
+    except Exception as exc:
+        raise ConversionError(f"PT2E quantization (XNNPACK quantizer) failed: {type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}",
+                              op=_failing_op(exc)) from exc
+    scheme = "int8 static: per-channel int8 weights, int8 activations (histogram calibration)"
+    section = qz.report("int8", scheme, tool, settings, calibration=calibration_info, groups=groups, search=result,
+                        fixed_float=_BY_DESIGN)
+    section["search"]["simulated_final"] = section["search"]["final"]
+    section["search"]["final"] = actual.to_dict()
+    section["search"]["met"] = target.met(actual)
+    if settings.recipe == "naive":
+        section["note"] = "naive recipe: every op the XNNPACK quantizer supports is int8 (no search)"
+    elif not target.met(actual):
+        warnings.append(f"the converted int8 model misses the fidelity target the simulation met: {actual.summary()}")
+    return converted, section, warnings

@@ -60,15 +60,23 @@ class ONNXConverter(Converter):
     name = "onnx"
     suffix = ".onnx"
     precisions = ("fp32",)
-    options = {"opset": 18, "dynamic_batch": True}
+    options = {"opset": 18, "dynamic_batch": True, "rewrite": True}
     requires = ("onnx", "onnxruntime", "onnxscript")
     extra = "export"
     runtime = "onnx"
 
     def prepare(self, model: nn.Module, config: ExportConfig) -> nn.Module:
-        """Edge rewrites that keep the math (applied to the copy being exported)."""
+        """Edge rewrites that keep the math (applied to the copy being exported).
+
+        With option ``rewrite`` (default on): attention as per-head batched MatMul + Softmax (no
+        SDPA decomposition, no Squeeze/Slice unbinding), Swin's windows at rank <= 5, and linear
+        layers on (rows, features) so ONNX Runtime runs each as one Gemm with its bias; LayerNorm
+        stays ONNX's LayerNormalization. See :mod:`edgevit.converters.rewrites`.
+        """
+        from edgevit.converters.rewrites import EdgeRewriteConfig, rewrite_for_target
+
         _warm_attention_bias_caches(model)
-        return model
+        return rewrite_for_target(model, config, EdgeRewriteConfig(layer_norm="keep", linear_2d=True))
 
     def make_config(self, precision="fp32", options=None, calibration=None, fused_input=False) -> ExportConfig:
         config = super().make_config(precision, options, calibration, fused_input)

@@ -1,0 +1,178 @@
+"""Calibration images for post-training quantization: ``--calibration DIR|DATASET`` -> arrays.
+
+:func:`load_calibration` turns what the user passed into the exact tensors the artifact takes
+(its own preprocessing from the metadata: colour mode, resize and crop, mean/std, layout, uint8
+frames for a fused-input artifact), one image at a time, with a progress bar on a terminal.
+
+Sources, in the order they are tried:
+
+* a packaged dataset name (``fashion-mnist``, ``digits``) or a folder of IDX files: labelled;
+  images come from the **train** split, so the test split stays untouched for reporting;
+* an image folder with one sub-folder per class (``DIR/<class>/<image>``, or
+  ``DIR/train/<class>/...``): labelled, classes interleaved so the first N cover every class;
+* a flat folder of images (``DIR/*.jpg``): unlabelled (fidelity is then judged by cosine
+  similarity to the float model's logits).
+
+Dataset classes are matched to the model's labels by name (or by index for numbered classes,
+see :func:`edgevit.evaluate.label_mapping`); classes that match nothing make the set unlabelled
+and say why in :attr:`CalibrationSet.note`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgevit.errors import DataError
+from edgevit.metadata import ArtifactMetadata
+
+__all__ = ["CalibrationSet", "load_calibration"]
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Preprocessed calibration inputs, ``(N, *artifact input shape without batch)``.
+
+    ``labels`` are model output indices (``None`` when the source has no usable labels).
+    """
+
+    inputs: np.ndarray = field(repr=False)
+    labels: np.ndarray | None = field(repr=False)
+    source: str
+    split: str = ""
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.labels is not None and len(self.labels) != len(self.inputs):
+            raise DataError(f"calibration set: {len(self.inputs)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None
+
+    def take(self, start: int, stop: int | None = None) -> CalibrationSet:
+        """Images ``start:stop`` as a new set."""
+        labels = None if self.labels is None else self.labels[start:stop]
+        return CalibrationSet(self.inputs[start:stop], labels, self.source, self.split, self.note)
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"source": self.source, "images": len(self), "labelled": self.labelled}
+        if self.split:
+            out["split"] = self.split
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+def _visible(p: Path) -> bool:
+    return not p.name.startswith(".")
+
+
+def _flat_image_folder(path: Path) -> list[Path] | None:
+    """The images of a folder without class sub-folders, or ``None`` if it has sub-folders."""
+    from edgevit.data import IMAGE_SUFFIXES
+
+    entries = [p for p in sorted(path.iterdir()) if _visible(p)]
+    if any(p.is_dir() for p in entries):
+        return None
+    images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        raise DataError(
+            f"calibration folder {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+            "pass a folder of images, a folder with one sub-folder per class, or a dataset name"
+        )
+    return images
+
+
+def _labelled_source(source: str | os.PathLike, count: int, labels: Sequence[str]):
+    """(images, labels or None, split, note) from a dataset name, IDX folder or class folders."""
+    from edgevit.evaluate import label_mapping, load_eval_set
+
+    try:
+        data = load_eval_set(source, split="train", limit=count)
+    except DataError as exc:
+        if "no 'train' split" not in str(exc):
+            raise
+        data = load_eval_set(source, split="test", limit=count)  # a folder holding only a test split
+    note = ""
+    try:
+        mapping, _how = label_mapping(data.classes, labels)
+        mapped = mapping[np.asarray(data.labels, dtype=np.int64)]
+    except DataError as exc:
+        mapped, note = None, f"labels unused: {exc}"
+    return list(data.images), mapped, data.split, note
+
+
+def load_calibration(
+    source: str | os.PathLike | CalibrationSet | np.ndarray,
+    metadata: ArtifactMetadata,
+    count: int = 128,
+    progress: bool | None = None,
+) -> CalibrationSet:
+    """Load up to ``count`` calibration images from ``source`` as ``metadata``'s input tensors.
+
+    ``source`` is a dataset name, an IDX folder, an image folder (class sub-folders or flat), a
+    ready :class:`CalibrationSet` (returned as is, truncated to ``count``), or an array that is
+    already preprocessed (``(N, *input shape)``, unlabelled). ``progress`` shows a bar on stderr
+    (default: when stderr is a terminal). Raises :class:`DataError` naming the problem.
+    """
+    if count < 1:
+        raise DataError(f"the number of calibration images must be >= 1, got {count}")
+    if isinstance(source, CalibrationSet):
+        return source.take(0, count)
+    shape = metadata.input_shape(1)[1:]
+    if isinstance(source, np.ndarray):
+        if tuple(source.shape[1:]) != tuple(shape):
+            raise DataError(f"calibration array must be (N, {', '.join(map(str, shape))}), got {source.shape}")
+        return CalibrationSet(np.ascontiguousarray(source[:count]), None, "<array>")
+    if source is None or (isinstance(source, str) and not source.strip()):
+        raise DataError("no calibration data given; pass --calibration DIR|DATASET")
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.is_file():
+        raise DataError(
+            f"calibration source {path} is a file; pass a folder of images, a folder with one "
+            "sub-folder per class, or a dataset name (fashion-mnist, digits)"
+        )
+    flat = _flat_image_folder(path) if path.is_dir() and not any(path.glob("*idx*-ubyte*")) else None
+    if flat is not None:
+        images: list[Any] = list(flat[:count])
+        labels, split, note = None, "images", ""
+    else:
+        images, labels, split, note = _labelled_source(source, count, metadata.labels)
+    inputs = _preprocess_all(images, metadata, progress, f"calibration ({text})")
+    return CalibrationSet(inputs, labels, text, split, note)
+
+
+def _preprocess_all(images: Sequence[Any], metadata: ArtifactMetadata, progress: bool | None, desc: str) -> np.ndarray:
+    from edgevit.preprocess import preprocess
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    iterator: Any = images
+    bar = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # the bar is a nicety; the core install has no tqdm
+            tqdm = None
+        if tqdm is not None:
+            bar = tqdm(images, desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
+            iterator = bar
+    try:
+        rows = [preprocess(img, metadata)[0] for img in iterator]
+    finally:
+        if bar is not None:
+            bar.close()
+    if not rows:
+        raise DataError(f"{desc}: no images")
+    return np.stack(rows)
