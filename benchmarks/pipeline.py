@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--student", default="vit_fmnist_tiny")
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--test-limit", type=int, default=None)
+    p.add_argument("--teacher-weights", default=None, metavar="FILE",
+                   help="use this trained teacher instead of training one (step 1)")
     p.add_argument("--teacher-epochs", type=int, default=8)
     p.add_argument("--student-epochs", type=int, default=8)
     p.add_argument("--finetune-epochs", type=int, default=2)
@@ -144,8 +146,17 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"{label}: test top-1 {r.test_top1:.4f} ({seconds[label] / 60:.1f} min)")
         return r.weights, json.loads(Path(r.record).read_text())
 
-    teacher_w, teacher_rec = step("teacher", "teacher", args.teacher, lambda: train(
-        args.teacher, ds, epochs=args.teacher_epochs, out=out / "teacher", force=True, **common))
+    if args.teacher_weights:  # a teacher trained elsewhere (e.g. `edgevit train` on the full data)
+        from edgevit.models import create_model
+        from edgevit.training import evaluate
+
+        teacher_w = args.teacher_weights
+        top1, _ = evaluate(create_model(args.teacher, weights=teacher_w), ds.test_images, ds.test_labels)
+        teacher_rec = {"test_top1": top1, "weights": teacher_w}
+        _log(f"teacher: {teacher_w}, test top-1 {top1:.4f}")
+    else:
+        teacher_w, teacher_rec = step("teacher", "teacher", args.teacher, lambda: train(
+            args.teacher, ds, epochs=args.teacher_epochs, out=out / "teacher", force=True, **common))
     alone_w, alone_rec = step("student alone", "student", args.student, lambda: train(
         args.student, ds, epochs=args.student_epochs, out=out / "student", force=True, **common))
     distilled_w, distilled_rec = step("student distilled", "distill", args.student, lambda: distill(
@@ -204,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = np.asarray(ds.test_labels, dtype=np.int64)
     figures = {n: profile_model(n) for n in {args.teacher, args.student, pruned_name}}
     rows = [
-        ("1 teacher (trained)", args.teacher, fp32["teacher"], teacher_rec["test_top1"], "tflite fp32"),
+        ("1 teacher" + (" (given)" if args.teacher_weights else " (trained)"), args.teacher, fp32["teacher"], teacher_rec["test_top1"], "tflite fp32"),
         ("2 student alone (same budget)", args.student, fp32["student alone"], alone_rec["test_top1"], "tflite fp32"),
         ("3 student distilled", args.student, fp32["student distilled"], distilled_rec["test_top1"], "tflite fp32"),
         ("4a pruned, no fine-tuning", pruned_name, None, prune_doc["top1_pruned"], "-"),

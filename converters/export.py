@@ -161,9 +161,19 @@ def export(
     if not os.access(final.parent, os.W_OK):
         raise ConfigError(f"output folder {final.parent} is not writable; choose another with --out")
 
+    with _CancelOnInterrupt() as cancel:
+        return _export(model, spec, target, precision, converter, config, final, cancel, force=force,
+                       pretrained=pretrained, weights=weights, verify=verify, verify_images=verify_images)
+
+
+def _export(model, spec, target, precision, converter, config, final, cancel, *, force, pretrained, weights,
+            verify, verify_images) -> ExportResult:
+    from edgevit.models import create_model
+
     float_model = create_model(model, pretrained=pretrained, weights=weights)
     weights_tag = float_model.edgevit_weights
-    metadata = build_metadata(spec, target, precision, spec.label_names(), weights_tag, fused_input)
+    metadata = build_metadata(spec, target, precision, spec.label_names(), weights_tag, config.fused_input)
+    cancel.check()
 
     start = time.perf_counter()
     tmp = final.parent / f".{final.stem}.tmp-{uuid.uuid4().hex[:8]}{converter.suffix}"
@@ -178,6 +188,7 @@ def export(
         if config.fused_input:
             edge_model = fuse_input_stage(edge_model, spec.mean, spec.std, spec.input_size, spec.color_mode)
         prepared = converter.prepare(edge_model, config)
+        cancel.check()
         example = torch.from_numpy(_example_input(metadata))
         try:
             output: ConvertOutput = converter.convert(prepared, example, tmp, metadata, config)
@@ -189,6 +200,7 @@ def export(
             ) from exc
         if not tmp.exists():
             raise ConversionError(f"{target} converter reported success but wrote no file")
+        cancel.check()
         seconds = time.perf_counter() - start
         report = None
         if verify:
@@ -199,6 +211,7 @@ def export(
                     f"{target} {precision} artifact of {model} does not match the float model: {report.summary()}",
                     report,
                 )
+        cancel.check()
         _remove(final) if force else None
         os.replace(tmp, final)
     except BaseException:
@@ -219,6 +232,48 @@ def export(
         details=dict(output.details),
         fused_input=config.fused_input,
     )
+
+
+class _CancelOnInterrupt:
+    """Ctrl-C during an export cancels it at the next safe point instead of raising inside the
+    converter stack: a KeyboardInterrupt raised there can be swallowed ("Exception ignored in
+    _xla_gc_callback", after which the export finished and wrote its artifact) or crash the process
+    (raised while jax/jaxlib import inside litert-torch: SIGSEGV / SIGABRT seen). A second Ctrl-C
+    interrupts at once. Installed only in the main thread and only where SIGINT has Python's
+    default handler (an app with its own handler keeps it)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._installed = False
+
+    def __enter__(self) -> _CancelOnInterrupt:
+        import signal
+        import threading
+
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        import sys
+
+        print("Cancelling the export at the next step (Ctrl-C again to stop at once)...", file=sys.stderr, flush=True)
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self._installed = False
 
 
 def _example_input(metadata: ArtifactMetadata):

@@ -5,6 +5,9 @@
 * :func:`fuse_input_stage` makes the model take the camera frame as it comes (uint8, N x H x W x 3)
   with the mean/std normalisation (and, for grayscale models, the RGB->luma conversion) folded into
   the weights of the convolution(s) that read the image, so the device runs no normalise pass.
+* :func:`edge_rewrite` swaps attention, LayerNorm, Swin's windowing and pooling modules for forms a
+  runtime's delegate takes whole (see the section "Edge forms" below); converters apply it in
+  ``prepare()`` through :func:`rewrite_for_target`, switchable by the export option ``rewrite``.
 
 Folding is exact, padding included: with zero padding in normalised space, the constant part of
 the normalisation contributes a position-dependent map at the borders, which is precomputed once
@@ -13,8 +16,11 @@ for the fixed input size and added in place of the bias.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Sequence
+import dataclasses
+from collections import Counter
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +28,23 @@ from torch import nn
 
 from edgevit.errors import ConfigError
 
-__all__ = ["FoldedInputConv", "FusedInputModel", "LUMA_WEIGHTS", "fuse_input_stage", "input_convolutions", "reparameterize"]
+__all__ = [
+    "ATTENTION_FORMS",
+    "LAYER_NORM_FORMS",
+    "LUMA_WEIGHTS",
+    "REWRITE_OPTION",
+    "EdgeRewriteConfig",
+    "FoldedInputConv",
+    "FusedInputModel",
+    "RewriteReport",
+    "edge_rewrite",
+    "fuse_input_stage",
+    "input_convolutions",
+    "reparameterize",
+    "rewrite_for_target",
+    "window_partition_rank4",
+    "window_reverse_rank4",
+]
 
 # ITU-R 601-2 luma, as Pillow's convert("L") uses.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -150,7 +172,7 @@ def fuse_input_stage(model: nn.Module, mean: Sequence[float], std: Sequence[floa
 
 
 # ================================================================================================
-# Edge forms of attention, normalisation, windowing and pooling
+# Edge forms of attention, normalisation, windowing and pooling (edge_rewrite)
 #
 # Each rule below swaps one kind of module for a module that computes the same function in the
 # form a runtime's delegate takes whole (XNNPACK through ExecuTorch and TFLite):
@@ -170,11 +192,6 @@ def fuse_input_stage(model: nn.Module, mean: Sequence[float], std: Sequence[floa
 # The weights are shared with (or folded from) the source module, so a rewritten model equals its
 # source up to float reassociation; tests/test_rewrites.py states the tolerances.
 # ================================================================================================
-
-import contextlib
-import dataclasses
-from collections import Counter
-from collections.abc import Callable, Iterator
 
 ATTENTION_FORMS = ("keep", "bmm")
 LAYER_NORM_FORMS = ("keep", "linear")
@@ -230,8 +247,8 @@ class _Skip(Exception):
     """A rule matched a module it cannot rewrite exactly (the module is kept, the reason reported)."""
 
 
-def _timm_classes(*paths: str) -> tuple[type, ...]:
-    """timm classes by ``module:Class`` (those this timm lacks are left out)."""
+def _classes(*paths: str) -> tuple[type, ...]:
+    """Classes by ``module:Class`` (those the installed timm / edgevit lacks are left out)."""
     import importlib
 
     found = []
@@ -282,34 +299,34 @@ def edge_rewrite(model: nn.Module, config: EdgeRewriteConfig | None = None) -> R
     # Order matters: whole blocks first (they take their attention along), normalisation last
     # (it also reaches the norms the new blocks hold).
     if config.windows:
-        _apply_rule(model, _timm_classes("timm.models.swin_transformer:SwinTransformerBlock"), EdgeSwinBlock,
+        _apply_rule(model, _classes("timm.models.swin_transformer:SwinTransformerBlock"), EdgeSwinBlock,
                     "swin_block", report)
-        _apply_rule(model, _timm_classes("timm.models.swin_transformer:PatchMerging"), EdgePatchMerging,
+        _apply_rule(model, _classes("timm.models.swin_transformer:PatchMerging"), EdgePatchMerging,
                     "patch_merging", report)
     if config.attention == "bmm":
-        _apply_rule(model, _timm_classes("timm.layers.attention:Attention"), BmmAttention, "attention", report)
-        _apply_rule(model, _timm_classes("edgevit.models.attention:FullAttention"), BmmTokenAttention,
+        _apply_rule(model, _classes("timm.layers.attention:Attention"), BmmAttention, "attention", report)
+        _apply_rule(model, _classes("edgevit.models.attention:FullAttention"), BmmTokenAttention,
                     "edgevit_full_attention", report)
-        _apply_rule(model, _timm_classes("edgevit.models.attention:WindowAttention"), BmmTokenWindowAttention,
+        _apply_rule(model, _classes("edgevit.models.attention:WindowAttention"), BmmTokenWindowAttention,
                     "edgevit_window_attention", report)
-        _apply_rule(model, _timm_classes("timm.models.efficientvit_mit:LiteMLA"), BmmLiteMLA, "lite_mla", report)
-        _apply_rule(model, _timm_classes("timm.models.levit:Attention"), BmmLevitAttention, "levit_attention", report)
-        _apply_rule(model, _timm_classes("timm.models.levit:AttentionDownsample"), BmmLevitAttentionDownsample,
+        _apply_rule(model, _classes("timm.models.efficientvit_mit:LiteMLA"), BmmLiteMLA, "lite_mla", report)
+        _apply_rule(model, _classes("timm.models.levit:Attention"), BmmLevitAttention, "levit_attention", report)
+        _apply_rule(model, _classes("timm.models.levit:AttentionDownsample"), BmmLevitAttentionDownsample,
                     "levit_attention_downsample", report)
-        _apply_rule(model, _timm_classes("timm.models.efficientformer_v2:Attention2d"), BmmAttention2d,
+        _apply_rule(model, _classes("timm.models.efficientformer_v2:Attention2d"), BmmAttention2d,
                     "efficientformerv2_attention", report)
-        _apply_rule(model, _timm_classes("timm.models.efficientformer_v2:Attention2dDownsample"),
+        _apply_rule(model, _classes("timm.models.efficientformer_v2:Attention2dDownsample"),
                     BmmAttention2dDownsample, "efficientformerv2_attention_downsample", report)
     if config.fold_norms:
-        _apply_rule(model, _timm_classes("timm.models.levit:LinearNorm"), fold_linear_norm, "linear_norm", report)
-        _apply_rule(model, _timm_classes("timm.models.levit:Downsample"), EdgeSubsample, "subsample", report)
+        _apply_rule(model, _classes("timm.models.levit:LinearNorm"), fold_linear_norm, "linear_norm", report)
+        _apply_rule(model, _classes("timm.models.levit:Downsample"), EdgeSubsample, "subsample", report)
     if config.layer_norm == "linear":
-        _apply_rule(model, (nn.LayerNorm, *_timm_classes("timm.layers.norm:LayerNorm")), LinearMeanLayerNorm,
+        _apply_rule(model, (nn.LayerNorm, *_classes("timm.layers.norm:LayerNorm")), LinearMeanLayerNorm,
                     "layer_norm", report)
-        _apply_rule(model, _timm_classes("timm.layers.norm:LayerNorm2d"), ConvMeanLayerNorm2d, "layer_norm_2d",
+        _apply_rule(model, _classes("timm.layers.norm:LayerNorm2d"), ConvMeanLayerNorm2d, "layer_norm_2d",
                     report)
     if config.pooling:
-        _apply_rule(model, _timm_classes("timm.layers.adaptive_avgmax_pool:FastAdaptiveAvgPool"), KeepDimsAvgPool,
+        _apply_rule(model, _classes("timm.layers.adaptive_avgmax_pool:FastAdaptiveAvgPool"), KeepDimsAvgPool,
                     "avg_pool", report)
     if config.linear_2d:
         _apply_rule(model, (nn.Linear,), RowsLinear, "linear_2d", report)

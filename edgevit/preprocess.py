@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Union
 
@@ -24,8 +23,9 @@ __all__ = ["ImageInput", "load_image", "preprocess", "resize_and_crop"]
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
-# Images above this many pixels are refused (decompression-bomb guard, ~16k x 16k).
-MAX_PIXELS = 256_000_000
+# Images above this many pixels are refused before decoding (decompression-bomb guard): Pillow's
+# own threshold, ~9.5k x 9.5k (Pillow itself refuses twice that at open).
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -87,15 +87,13 @@ def load_image(source: ImageInput, mode: str = "RGB") -> Image.Image:
         if path.stat().st_size == 0:
             raise ImageError(f"{path} is empty (0 bytes)")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(path)
-                if img.width * img.height > MAX_PIXELS:
-                    raise ImageError(
-                        f"{path} is {img.width}x{img.height} pixels, over the {MAX_PIXELS:,} pixel limit "
-                        "(possible decompression bomb); downscale it first"
-                    )
-                img.load()
+            img = Image.open(path)
+            if img.width * img.height > MAX_PIXELS:
+                raise ImageError(
+                    f"{path} is {img.width}x{img.height} pixels, over the {MAX_PIXELS:,} pixel limit "
+                    "(possible decompression bomb); downscale it first"
+                )
+            img.load()
         except ImageError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

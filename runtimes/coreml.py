@@ -85,6 +85,8 @@ def check_coreml_artifact(path: str | os.PathLike) -> Path:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         root = manifest["rootModelIdentifier"]
         rel = manifest["itemInfoEntries"][root]["path"]
+    except OSError as exc:
+        raise ArtifactError(f"{p.name}: cannot read its {_MANIFEST}: {exc.strerror}") from None
     except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise ArtifactError(
             f"{p.name} has a malformed {_MANIFEST} ({type(exc).__name__}: {exc}); re-export the model"

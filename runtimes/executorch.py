@@ -160,7 +160,10 @@ class ExecuTorchRuntime(Runtime):
         p = Path(path)
         if p.is_dir():
             raise ArtifactError(f"{p} is a folder, not a .pte file")
-        data = p.read_bytes()
+        try:
+            data = p.read_bytes()
+        except OSError as exc:
+            raise ArtifactError(f"{p}: cannot read the artifact: {exc.strerror}") from None
         check_pte(data, p.name)
         bindings = _bindings()
         self.engine = "executorch"
@@ -200,12 +203,18 @@ class ExecuTorchRuntime(Runtime):
             raise ArtifactError(f"{p.name}: forward takes {meta.num_inputs()} inputs, edgevit artifacts take 1")
         self._input_shape = tuple(int(s) for s in meta.input_tensor_meta(0).sizes())
         self._batch = self._input_shape[0]
+        expected = self.metadata.input_shape(self._batch)
+        if self._input_shape != expected:
+            raise ArtifactError(
+                f"{p.name}: the program's input shape {self._input_shape} does not match its metadata "
+                f"{expected} ({self.metadata.layout}); export it again"
+            )
 
     @staticmethod
     def _constant(program: Any, method: str, name: str) -> str:
         try:
             value = program.load_method(method)([])
-        except RuntimeError as exc:
+        except (RuntimeError, UnicodeDecodeError) as exc:
             raise ArtifactError(f"{name}: cannot read its {method!r} method: {exc}") from None
         if len(value) != 1 or not isinstance(value[0], str):
             raise ArtifactError(f"{name}: method {method!r} does not return a string")
@@ -219,6 +228,9 @@ class ExecuTorchRuntime(Runtime):
         # The exported program has a static batch (1): feed larger batches in chunks.
         for i in range(0, batch.shape[0], self._batch):
             chunk = np.ascontiguousarray(batch[i : i + self._batch], dtype=want)
-            out = self._forward([torch.from_numpy(chunk)])
+            try:
+                out = self._forward([torch.from_numpy(chunk)])
+            except RuntimeError as exc:
+                raise ArtifactError(f"{self.path.name}: ExecuTorch failed to run the program: {exc}") from None
             rows.append(out[0].detach().numpy().astype(np.float32, copy=False))
         return np.concatenate(rows)

@@ -135,7 +135,12 @@ class ONNXRuntime(Runtime):
             ) from None
         del data
 
-        custom = self.session.get_modelmeta().custom_metadata_map or {}
+        try:
+            custom = self.session.get_modelmeta().custom_metadata_map or {}
+        except UnicodeDecodeError as exc:
+            raise ArtifactError(
+                f"{p.name} has corrupt metadata_props (not UTF-8 at byte {exc.start}); export it again"
+            ) from None
         if METADATA_KEY not in custom:
             raise ArtifactError(
                 f"{p.name} has no edgevit metadata; export it with `edgevit export --target onnx` "
@@ -150,6 +155,7 @@ class ONNXRuntime(Runtime):
                 "input and a logits output"
             )
         self._input, self._output = inputs[0], outputs[0]
+        self._engine_errors = _ort_errors(ort)
         if self._input.type not in _ONNX_TYPES:
             raise ArtifactError(f"{p.name} takes {self._input.type}, which edgevit does not feed")
         self._dtype = _ONNX_TYPES[self._input.type]
@@ -173,6 +179,12 @@ class ONNXRuntime(Runtime):
         step = self._batch or batch.shape[0]
         rows = []
         for i in range(0, batch.shape[0], step):
-            (logits,) = self.session.run([self._output.name], {self._input.name: batch[i : i + step]})
+            try:
+                (logits,) = self.session.run([self._output.name], {self._input.name: batch[i : i + step]})
+            except self._engine_errors as exc:
+                detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                raise ArtifactError(
+                    f"{self.path.name}: onnxruntime failed to run the model (corrupt or edited artifact?): {detail}"
+                ) from None
             rows.append(logits)
         return np.concatenate(rows)

@@ -123,13 +123,16 @@ class TFLiteRuntime(Runtime):
         p = Path(path)
         if p.is_dir():
             raise ArtifactError(f"{p} is a folder, not a .tflite file")
-        size = p.stat().st_size
-        if size == 0:
-            raise ArtifactError(f"{p.name} is empty (0 bytes)")
-        with open(p, "rb") as f:
-            # Map instead of reading: the interpreter maps the file itself, so nothing is copied.
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                entries = read_tflite_metadata(data, p.name)
+        try:
+            size = p.stat().st_size
+            if size == 0:
+                raise ArtifactError(f"{p.name} is empty (0 bytes)")
+            with open(p, "rb") as f:
+                # Map instead of reading: the interpreter maps the file itself, so nothing is copied.
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                    entries = read_tflite_metadata(data, p.name)
+        except OSError as exc:
+            raise ArtifactError(f"{p}: cannot read the artifact: {exc.strerror}") from None
         if METADATA_KEY not in entries:
             raise ArtifactError(
                 f"{p.name} has no edgevit metadata; export it with `edgevit export` "
@@ -144,6 +147,13 @@ class TFLiteRuntime(Runtime):
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
         self._batch = int(self._input["shape"][0])
+        declared = tuple(int(d) for d in self._input["shape"])
+        expected = self.metadata.input_shape(self._batch)
+        if declared != expected:
+            raise ArtifactError(
+                f"{p.name}: the model's input shape {declared} does not match its metadata {expected} "
+                f"({self.metadata.layout}); export it again"
+            )
 
     def _quantize(self, batch: np.ndarray) -> np.ndarray:
         dtype = self._input["dtype"]
@@ -167,7 +177,11 @@ class TFLiteRuntime(Runtime):
         # The converted graph has a static batch of 1 (or its export batch): feed in chunks.
         for i in range(0, batch.shape[0], self._batch):
             chunk = self._quantize(batch[i : i + self._batch])
-            self._interpreter.set_tensor(self._input["index"], chunk)
-            self._interpreter.invoke()
-            rows.append(self._dequantize(self._interpreter.get_tensor(self._output["index"])))
+            try:
+                self._interpreter.set_tensor(self._input["index"], chunk)
+                self._interpreter.invoke()
+                out = self._interpreter.get_tensor(self._output["index"])
+            except (ValueError, RuntimeError) as exc:
+                raise ArtifactError(f"{self.path.name}: {self.engine} failed to run the model: {exc}") from None
+            rows.append(self._dequantize(out))
         return np.concatenate(rows)

@@ -291,7 +291,13 @@ def _class_dirs(folder: Path) -> list[Path]:
     return dirs
 
 
+def _check_readable(folder: Path) -> None:
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise DataError(f"cannot read folder {folder}: permission denied")
+
+
 def _class_files(class_dir: Path) -> list[Path]:
+    _check_readable(class_dir)
     files = sorted(
         p for p in class_dir.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(class_dir).parts) and _visible(p)
@@ -367,6 +373,7 @@ def load_image_folder(
         raise DataError(f"{root}: no such folder")
     if not root.is_dir():
         raise DataError(f"{root} is not a folder; pass a folder with one sub-folder of images per class")
+    _check_readable(root)
     if color_mode not in ("RGB", "L"):
         raise DataError(f"color_mode must be 'RGB' or 'L', got {color_mode!r}")
     if not 0 < test_fraction < 1:
@@ -439,6 +446,7 @@ def load_dataset(
         return _digits()
     path = Path(text).expanduser()
     if path.is_dir():
+        _check_readable(path)
         if _is_idx_folder(path):
             return _load_idx_folder(path.resolve(), path.name, None)
         return load_image_folder(path, image_size=image_size, color_mode=color_mode)
