@@ -158,13 +158,17 @@ def test_foreign_program_without_edgevit_digest_is_rejected(tmp_path):
         load(p)
 
 
-def test_precisions_other_than_fp32_are_refused_before_work():
+def test_unsupported_precisions_are_refused_before_work():
     from edgevit.converters import get_converter
 
     conv = get_converter("executorch")
     assert conv.suffix == ".pte" and conv.runtime == "executorch"
+    unsupported = [p for p in ("fp32", "fp16", "int8-dynamic", "int8") if p not in conv.precisions]
+    assert unsupported, "every precision supported: nothing to refuse"
     with pytest.raises(ConfigError, match="does not support precision"):
-        conv.make_config("int8-dynamic")
+        conv.make_config(unsupported[0])
+    with pytest.raises(ConfigError, match="calibration"):
+        conv.make_config("int8")  # static int8 needs calibration images
 
 
 def test_runtime_module_imports_without_torch():
