@@ -446,18 +446,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--skip", default="", help=f"sections to skip: {', '.join(SECTIONS)}")
     p.add_argument("--quick", action="store_true",
-                   help="proof run: resolutions 224,448; latency at 224 and 448 with 1 block on torch,onnx; "
+                   help="proof-run defaults: resolutions 224,448; latency at 224 and 448 with 1 block on torch,onnx; "
                         "targets tflite,onnx; 1 epoch on 2000 images (1000 test)")
     p.add_argument("--out", default="benchmarks/results", help="folder for attention_zoo.{json,md,png}")
     p.add_argument("--report-only", action="store_true", help="rebuild the table and plot from the JSON")
     p.add_argument("--merge", action="store_true",
                    help="add to the existing JSON in --out (re-measure some mechanisms or sections) instead of replacing it")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.resolutions, args.latency_resolutions, args.depth = "224,448", "224,448", 1
-        args.runtimes, args.targets, args.runs, args.warmup = "torch,onnx", "tflite,onnx", 5, 1
-        args.epochs, args.train_limit, args.test_limit = 1, 2000, 1000
-    return args
+    if p.parse_known_args(argv)[0].quick:  # quick changes the defaults; explicit options still win
+        p.set_defaults(resolutions="224,448", latency_resolutions="224,448", depth=1, runtimes="torch,onnx",
+                       targets="tflite,onnx", runs=5, warmup=1, epochs=1, train_limit=2000, test_limit=1000)
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

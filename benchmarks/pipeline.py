@@ -8,19 +8,24 @@ each step, all measured in this run.
 
 Steps (each writes into ``--out``; ``--reuse`` skips a training step whose output is there):
 
-1. ``teacher``: ``edgevit.training.train(TEACHER)`` (default ``vit_fmnist_full``, 0.31 M params);
+1. ``teacher``: ``edgevit.training.train(TEACHER)`` (default ``vit_fmnist_full``, 0.31 M params),
+   or ``--teacher-weights FILE``: a teacher trained elsewhere (e.g. the shipped ``vit_fmnist_tiny``
+   weights, trained by ``edgevit train`` on all 60,000 images);
 2. ``student alone``: ``train(STUDENT)`` (default ``vit_fmnist_tiny``) -- the baseline with the
    same budget (epochs, data, recipe, seed) as the distilled student;
 3. ``student distilled``: ``edgevit.distill.distill(teacher -> STUDENT)``;
 4. ``pruned``: ``edgevit.prune.prune`` of the distilled student (``--heads``/``--mlp``), then
-   fine-tuned ``--finetune-epochs`` with the teacher (distillation);
+   fine-tuned ``--finetune-epochs`` with the teacher (distillation); a control gets the same
+   fine-tuning unpruned, so the pruning cost is not confused with the extra epochs;
 5. ``int8``: ``edgevit.qat.qat`` on the pruned model for TFLite and ExecuTorch, beside PT2E
-   post-training quantization of the same model (same quantizer and lowering).
+   post-training quantization of the same model (same quantizer and lowering), and the project's
+   own PTQ (``edgevit export --precision int8 --calibration DATASET``) for reference.
 
 Float models are exported to TFLite fp32 for their size and latency (``edgevit.converters.export``,
 verified). Latency: every artifact loaded through edgevit's runtimes with ``--threads`` threads,
-timed *interleaved* (one call of each artifact per round, ``--rounds`` rounds) so load from other
-processes hits all of them alike; the median is reported. MACs: ``edgevit.profile`` (one
+batch 1, timed *interleaved*: each of ``--rounds`` rounds runs every artifact for 10 back-to-back
+calls (their median counts), so load from other processes falls on all of them alike; the median
+over rounds is reported. MACs: ``edgevit.profile`` (one
 multiply-accumulate per multiply in matmuls/convolutions; int8 rows: the same graph). Top-1 on the
 test split: of the torch model and of the artifact (through its runtime).
 """
@@ -110,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=60, help="latency rounds (each: 10 calls per artifact)")
     p.add_argument("--reuse", action="store_true", help="reuse training outputs already in --out")
+    p.add_argument("--skip-export-ptq", action="store_true", help="skip the `edgevit export --precision int8` rows")
     args = p.parse_args(argv)
 
     import numpy as np
@@ -181,6 +187,23 @@ def main(argv: list[str] | None = None) -> int:
     _log(f"pruned: top-1 {prune_doc['top1_pruned']:.4f} right after pruning, {prune_doc['top1_finetuned']} "
          "after fine-tuning")
 
+    # Control: the same fine-tuning without pruning, so the pruning cost is not confused with the
+    # effect of extra training epochs.
+    control_name = f"{args.student}_finetuned_control"
+    control_file = out / "control" / f"{control_name}.safetensors"
+    if args.reuse and control_file.is_file():
+        control_doc = json.loads(control_file.with_suffix(".json").read_text())
+        register_pruned(control_file)
+    else:
+        _log("control: the same fine-tuning, nothing pruned ...")
+        t0 = time.perf_counter()
+        cr = prune(args.student, distilled_w, heads=0.0, mlp=0.0, data=ds, finetune_epochs=args.finetune_epochs,
+                   teacher=teacher_w, temperature=args.temperature, alpha=args.alpha, batch_size=args.batch_size,
+                   seed=args.seed, out=out / "control", name=control_name, force=True, threads=args.threads)
+        seconds["control fine-tune"] = time.perf_counter() - t0
+        control_doc = json.loads(Path(cr.record).read_text())
+    _log(f"control (unpruned, same fine-tuning): top-1 {control_doc['top1_finetuned']:.4f}")
+
     qat_json = out / "int8" / "qat.json"
     if args.reuse and qat_json.is_file():
         _log(f"int8: reusing {qat_json}")
@@ -194,6 +217,25 @@ def main(argv: list[str] | None = None) -> int:
         qat_doc = q.to_dict()
         qat_json.write_text(json.dumps(qat_doc, indent=1, default=str) + "\n")
     int8 = {(a["target"], a["method"]): a for a in qat_doc["artifacts"]}
+
+    # PTQ through `edgevit export` (the project's int8 path: ai-edge-quantizer on TFLite, PT2E with
+    # the ViT-aware mixed-precision search on ExecuTorch), for reference.
+    export_ptq = {}
+    if not args.skip_export_ptq:
+        from edgevit.converters import export
+        from edgevit.converters.export import default_artifact_name
+
+        for target, suffix in (("tflite", ".tflite"), ("executorch", ".pte")):
+            path = out / "int8-export" / default_artifact_name(pruned_name, target, "int8", suffix)
+            if args.reuse and path.is_file():
+                export_ptq[target] = str(path)
+                continue
+            _log(f"edgevit export {target} int8 (PTQ) ...")
+            try:
+                export_ptq[target] = str(export(pruned_name, target, "int8", out=path.parent, pretrained=True,
+                                                calibration=args.data, force=True).path)
+            except Exception as exc:  # reported in the table, not fatal for the benchmark
+                _log(f"edgevit export {target} int8 failed: {type(exc).__name__}: {str(exc)[:200]}")
 
     _log("exporting float models to TFLite fp32 ...")
     fp32 = {
@@ -213,18 +255,21 @@ def main(argv: list[str] | None = None) -> int:
         return test_x[key]
 
     labels = np.asarray(ds.test_labels, dtype=np.int64)
-    figures = {n: profile_model(n) for n in {args.teacher, args.student, pruned_name}}
+    figures = {n: profile_model(n) for n in {args.teacher, args.student, pruned_name, control_name}}
     rows = [
         ("1 teacher" + (" (given)" if args.teacher_weights else " (trained)"), args.teacher, fp32["teacher"], teacher_rec["test_top1"], "tflite fp32"),
         ("2 student alone (same budget)", args.student, fp32["student alone"], alone_rec["test_top1"], "tflite fp32"),
         ("3 student distilled", args.student, fp32["student distilled"], distilled_rec["test_top1"], "tflite fp32"),
         ("4a pruned, no fine-tuning", pruned_name, None, prune_doc["top1_pruned"], "-"),
         ("4b pruned + fine-tuned", pruned_name, fp32["pruned + fine-tuned"], prune_doc["top1_finetuned"], "tflite fp32"),
+        ("4c control: unpruned, same fine-tuning", control_name, None, control_doc["top1_finetuned"], "-"),
     ]
     for target in ("tflite", "executorch"):
         for method in ("ptq", "qat"):
             a = int8[(target, method)]
-            rows.append((f"5 int8 {method.upper()}", pruned_name, a["path"], None, f"{target} int8"))
+            rows.append((f"5 int8 {method.upper()} (PT2E)", pruned_name, a["path"], None, f"{target} int8"))
+        if target in export_ptq:
+            rows.append(("5 int8 PTQ (edgevit export)", pruned_name, export_ptq[target], None, f"{target} int8"))
     artifact_top1 = {}
     for _, name, path, _, _ in rows:
         if path and path not in artifact_top1:
@@ -263,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": table,
         "qat": qat_doc,
         "prune": prune_doc,
+        "control": control_doc,
         "seconds": {**{k: round(v, 1) for k, v in seconds.items()}, "total": round(time.perf_counter() - t_start, 1)},
         "load_avg": list(os.getloadavg()),
         "torch_threads": args.threads,
@@ -271,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(ds.train_labels)} train / {len(ds.test_labels)} test images of {ds.name}; "
           f"distillation gain over the student alone: {100 * (distilled_rec['test_top1'] - alone_rec['test_top1']):+.2f} "
           f"points; pruning cost after fine-tuning: "
-          f"{100 * (prune_doc['top1_finetuned'] - distilled_rec['test_top1']):+.2f} points; "
+          f"{100 * (prune_doc['top1_finetuned'] - control_doc['top1_finetuned']):+.2f} points vs the same fine-tuning "
+          f"unpruned ({100 * (prune_doc['top1_finetuned'] - distilled_rec['test_top1']):+.2f} vs the distilled student); "
           f"total {summary['seconds']['total'] / 60:.1f} min; details in {out / 'pipeline.json'}")
     return 0
 

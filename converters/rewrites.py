@@ -251,10 +251,16 @@ def _classes(*paths: str) -> tuple[type, ...]:
     """Classes by ``module:Class`` (those the installed timm / edgevit lacks are left out)."""
     import importlib
 
+    from edgevit.errors import MissingDependencyError
+
     found = []
     for path in paths:
         module, _, name = path.partition(":")
-        with contextlib.suppress(ImportError, AttributeError):
+        with contextlib.suppress(ImportError, AttributeError, MissingDependencyError):
+            if module.startswith("timm"):
+                from edgevit.models._timm import import_timm
+
+                import_timm()  # timm imports torchvision: apply edgevit's compatibility step first
             found.append(getattr(importlib.import_module(module), name))
     return tuple(found)
 
@@ -307,6 +313,7 @@ def edge_rewrite(model: nn.Module, config: EdgeRewriteConfig | None = None) -> R
         _apply_rule(model, _classes("timm.layers.attention:Attention"), BmmAttention, "attention", report)
         _apply_rule(model, _classes("edgevit.models.attention:FullAttention"), BmmTokenAttention,
                     "edgevit_full_attention", report)
+        _apply_rule(model, _classes("timm.models.fastvit:Attention"), BmmMapAttention, "fastvit_attention", report)
         _apply_rule(model, _classes("edgevit.models.attention:WindowAttention"), BmmTokenWindowAttention,
                     "edgevit_window_attention", report)
         _apply_rule(model, _classes("timm.models.efficientvit_mit:LiteMLA"), BmmLiteMLA, "lite_mla", report)
@@ -452,6 +459,24 @@ class BmmTokenAttention(nn.Module):
         k = _split_heads(self.k(x), self.num_heads, transpose=True)
         v = _split_heads(self.v(x), self.num_heads)
         return self.proj(_merge_heads(torch.bmm(torch.bmm(q, k).softmax(dim=-1), v), self.num_heads))
+
+
+class BmmMapAttention(BmmTokenAttention):
+    """FastViT's ``Attention`` over the pixels of an NCHW map, as rank-3 per-head matmuls."""
+
+    def __init__(self, src: nn.Module) -> None:
+        super().__init__(src)
+        self.attn_drop, self.proj_drop = src.attn_drop, src.proj_drop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        t = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        q = _split_heads(self.q(t), self.num_heads)
+        k = _split_heads(self.k(t), self.num_heads, transpose=True)
+        v = _split_heads(self.v(t), self.num_heads)
+        attn = self.attn_drop(torch.bmm(q, k).softmax(dim=-1))
+        out = self.proj_drop(self.proj(_merge_heads(torch.bmm(attn, v), self.num_heads)))
+        return out.transpose(1, 2).reshape(b, c, h, w)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -176,3 +176,31 @@ def test_alpha_zero_reproduces_edgevit_train_exactly(tmp_path):
 
     a, b = load_state_dict(plain.weights), load_state_dict(distilled.weights)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_resume_after_an_interruption_continues_exactly(tmp_path):
+    from edgevit.models import get_spec
+
+    if not get_spec("vit_fmnist_tiny").has_pretrained:
+        pytest.skip("needs the shipped vit_fmnist_tiny weights as a teacher")
+    kw = dict(teacher_pretrained=True, epochs=2, batch_size=32, seed=2, threads=1, progress=False, train_limit=128,
+              test_limit=64, temperature=3.0, alpha=0.6)
+    whole = distill("vit_fmnist_tiny", "vit_fmnist_tiny", "digits", out=tmp_path / "whole", **kw)
+
+    def stop(record):
+        if record.epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill("vit_fmnist_tiny", "vit_fmnist_tiny", "digits", out=tmp_path / "cut", on_epoch_end=stop, **kw)
+    with pytest.raises(ConfigError, match="distillation settings"):
+        distill("vit_fmnist_tiny", "vit_fmnist_tiny", "digits", out=tmp_path / "cut", resume=True,
+                **{**kw, "alpha": 0.5})
+    resumed = distill("vit_fmnist_tiny", "vit_fmnist_tiny", "digits", out=tmp_path / "cut", resume=True, **kw)
+    assert resumed.resumed_from_epoch == 1
+    assert [h.train_loss for h in resumed.history] == [h.train_loss for h in whole.history]
+    from edgevit.models.weights import load_state_dict
+
+    a, b = load_state_dict(whole.weights), load_state_dict(resumed.weights)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -37,6 +37,7 @@ MODELS = {
     "swin_tiny_patch4_window7_224": {"swin_block", "patch_merging", "avg_pool", "layer_norm"},
     "levit_128s": {"levit_attention", "levit_attention_downsample", "linear_norm"},
     "efficientformerv2_s0": {"efficientformerv2_attention", "efficientformerv2_attention_downsample"},
+    "fastvit_sa12": {"fastvit_attention"},
     "vit_fmnist_tiny": {"edgevit_full_attention", "layer_norm"},
     "vit_tiny_window": {"edgevit_window_attention", "layer_norm"},
 }
