@@ -26,6 +26,13 @@ For every attention mechanism of :mod:`edgevit.models.attention` (``describe_mec
 * **accuracy** (``train``): ``vit_fmnist_<m>`` (32 px Fashion-MNIST, patch 4, 4 blocks) trained with
   ``edgevit.training.train`` for the same budget (``--epochs``, ``--train-limit``), top-1 on the
   real test split.
+* **size options** (``size``, stored under the JSON key ``size_options``): ALBERT's cross-layer
+  sharing and factorized patch embedding beside the full-attention model: ``vit_fmnist_full`` vs
+  ``vit_fmnist_full_shared`` vs ``vit_fmnist_full_factorized`` (parameters, MACs, artifact size per
+  ``--size-targets``, top-1 after the ``train`` section's budget) and the ``vit_tiny_full*`` geometry
+  (parameters, MACs). Measure it alone, keeping every other section's results::
+
+      python benchmarks/attention_zoo.py --sections size --merge
 
 Results are written after each section (``--out``/attention_zoo.json), so a stopped run keeps
 what it measured; the table (attention_zoo.md) and the plot (attention_zoo.png) are rebuilt
@@ -50,7 +57,9 @@ from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-SECTIONS = ("core", "costs", "latency", "export", "train")
+SECTIONS = ("core", "costs", "latency", "export", "train", "size")
+SIZE_FMNIST = ("vit_fmnist_full", "vit_fmnist_full_shared", "vit_fmnist_full_factorized")
+SIZE_TINY = ("vit_tiny_full", "vit_tiny_full_shared", "vit_tiny_full_factorized")
 PATCH = 16
 
 
@@ -251,6 +260,8 @@ def export_status(name: str, target: str, workdir: Path) -> dict[str, Any]:
                   "verification": r.verification.summary() if r.verification else None}
         if r.delegation is not None:
             status["delegated_share"] = round(r.delegation.share, 4)
+            status["partitions"] = r.delegation.partitions
+            status["outside_ops"] = dict(r.delegation.outside_ops)
         r.path.unlink(missing_ok=True) if r.path.is_file() else None
         return status
     except Exception as exc:
@@ -266,6 +277,101 @@ def train_top1(mech: str, epochs: int, train_limit: int | None, test_limit: int 
               batch_size=batch_size, threads=threads, out=workdir / f"train_{mech}", force=True, progress=False)
     return {"top1": r.test_top1, "seconds": round(r.seconds, 1), "epochs": epochs, "train_limit": train_limit,
             "test_limit": test_limit, "batch_size": batch_size}
+
+
+def size_options(settings: dict[str, Any], targets: list[str], threads: int, workdir: Path,
+                 note=lambda msg: None, save=lambda part: None) -> dict[str, Any]:
+    """The size-options section: parameters and MACs (``edgevit.profile``, meta device) of
+    :data:`SIZE_FMNIST` and :data:`SIZE_TINY`; for the Fashion-MNIST models also the verified
+    artifact of each target and top-1 after the ``train`` section's budget (``settings``'
+    epochs / train_limit / test_limit / batch_size). ``save`` gets the partial result after each
+    model, so a stopped run keeps what it measured."""
+    from edgevit.models import create_model, get_spec
+    from edgevit.profile import profile_model
+
+    out: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": {"cpus": os.cpu_count(), "load_avg": [round(x, 2) for x in os.getloadavg()]},
+        "settings": {k: settings.get(k) for k in ("epochs", "train_limit", "test_limit", "batch_size")}
+        | {"threads": threads, "targets": targets},
+        "models": {},
+    }
+    for name in SIZE_TINY + SIZE_FMNIST:
+        spec = get_spec(name)
+        model = create_model(name)
+        r = profile_model(name)
+        row: dict[str, Any] = {
+            "params": r.params, "gmacs": r.gmacs,
+            "share_layers": getattr(model, "share_layers", None), "embed_rank": getattr(model, "embed_rank", None),
+            "depth": getattr(model, "depth", len(model.blocks)), "distinct_blocks": len(model.blocks),
+            "input_size": list(spec.input_size),
+        }
+        del model
+        out["models"][name] = row
+        if name in SIZE_FMNIST:
+            for t in targets:
+                note(f"size: export {name} -> {t}")
+                row.setdefault("export", {})[t] = export_status(name, t, workdir)
+            if settings.get("epochs"):
+                note(f"size: train {name} ({settings.get('epochs')} epoch(s), {settings.get('train_limit')} images)")
+                try:
+                    row["train"] = train_top1(name.removeprefix("vit_fmnist_"), settings["epochs"],
+                                              settings.get("train_limit"), settings.get("test_limit"),
+                                              settings.get("batch_size", 128), threads, workdir)
+                except Exception as exc:
+                    row["train"] = {"error": _blocking_op(exc)}
+        gc.collect()
+        save(out)
+    out["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    return out
+
+
+def build_size_report(size: dict[str, Any], zoo_train: dict[str, Any] | None = None) -> list[str]:
+    """Markdown lines of the size-options section."""
+    st = size.get("settings", {})
+    models = size.get("models", {})
+    targets = st.get("targets", [])
+    lines = ["## Size options: cross-layer sharing and factorized patch embedding (ALBERT)", "",
+             "Lan et al. 2020 (ALBERT) cut parameters with (a) cross-layer parameter sharing (one block's weights "
+             "applied at every depth: `share_layers=1`) and (b) a factorized embedding (here the patch embedding: "
+             "p x p x C patch pixels -> rank r -> width D, `embed_rank=r`), both on the full-attention zoo ViT "
+             "(`EdgeViT(share_layers=..., embed_rank=...)`, catalog entries `vit_*_full_shared`, "
+             "`vit_*_full_factorized`). Parameters and GMACs: `edgevit.profile` at each entry's input size. "
+             f"Artifacts: fp32 through `edgevit.converters.export` ({', '.join(targets) or 'none'}), "
+             "bytes of the verified file. Top-1: the `train` section's budget "
+             f"({st.get('epochs')} epoch(s) on {st.get('train_limit') or 'all 60000'} Fashion-MNIST training images, "
+             f"batch {st.get('batch_size')}, tested on {st.get('test_limit') or 'all 10000'}; "
+             f"{st.get('threads')} thread(s)); run {size.get('started')} - {size.get('finished', 'unfinished')}, "
+             f"load average at start {size.get('machine', {}).get('load_avg')}.", ""]
+    head = ["model", "sharing", "embed rank", "params", "params vs full", "GMACs"]
+    head += [f"{t} bytes" for t in targets] + ["top-1"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in models.items():
+        base = models.get(name.split("_full")[0] + "_full", row)
+        cells = [name,
+                 f"{row['distinct_blocks']} block(s) x {row['depth'] // row['distinct_blocks']}"
+                 if row.get("share_layers") else f"none ({row.get('depth')} blocks)",
+                 str(row.get("embed_rank") or "-"), f"{row['params']:,}",
+                 f"{100 * row['params'] / base['params']:.1f}%", f"{row['gmacs']:.4g}"]
+        for t in targets:
+            e = row.get("export", {}).get(t)
+            if e is None:
+                cells.append("-")
+            elif e["status"] == "fails":
+                cells.append(f"fails ({e.get('op')})")
+            else:
+                cells.append(f"{e['bytes']:,} ({e['status']})")
+        acc = row.get("train")
+        cells.append("-" if acc is None else f"{100 * acc['top1']:.1f}%" if "top1" in acc else acc.get("error", "-"))
+        lines.append("| " + " | ".join(cells) + " |")
+    if zoo_train and "top1" in zoo_train:
+        lines += ["", f"(The zoo table's `full` row, trained in the zoo run with the same budget: "
+                  f"{100 * zoo_train['top1']:.1f}%.)"]
+    lines += ["", "Sharing keeps the MACs (the block still runs at every depth) and cuts the stored weights; "
+              "the factorized embedding cuts the patch-embedding weights and MACs (r (p^2 C + D) instead of "
+              "p^2 C D per patch), a real saving only where p^2 C is large (768 values per patch at patch 16, "
+              "RGB; 16 for the 1-channel patch-4 Fashion-MNIST model).", ""]
+    return lines
 
 
 # ------------------------------------------------------------------------------------------
@@ -299,7 +405,7 @@ def _exponent(mech: str, row: dict[str, Any]) -> tuple[float, int, int] | None:
 def build_report(data: dict[str, Any]) -> str:
     settings = data.get("settings", {})
     rows = data.get("mechanisms", {})
-    measured = {sec for row in rows.values() for sec in SECTIONS if row.get(sec)}
+    measured = {sec for row in rows.values() for sec in SECTIONS if sec != "size" and row.get(sec)}
     res = [int(r) for r in settings.get("resolutions", [])] if "costs" in measured else []
     lat_res = [int(r) for r in settings.get("latency_resolutions", [])] if "latency" in measured else []
     lo, hi = (res[0], res[-1]) if res else (None, None)
@@ -364,7 +470,14 @@ def build_report(data: dict[str, Any]) -> str:
                 cells.append(f"{entry['median_ms']:.1f}")
         for t in targets:
             st = row.get("export", {}).get(t)
-            cells.append("-" if st is None else st["status"] if st["status"] != "fails" else f"fails ({st.get('op')})")
+            if st is None:
+                cells.append("-")
+            elif st["status"] == "fails":
+                cells.append(f"fails ({st.get('op')})")
+            elif "delegated_share" in st:
+                cells.append(f"{st['status']} ({100 * st['delegated_share']:.0f}% delegated)")
+            else:
+                cells.append(st["status"])
         if "train" in measured:
             acc = row.get("train", {})
             cells.append(f"{100 * acc['top1']:.1f}%" if "top1" in acc else acc.get("error", "-"))
@@ -383,7 +496,9 @@ def build_report(data: dict[str, Any]) -> str:
         d = row.get("describe", {})
         lines.append(f"| {mech} | {d.get('paper', '')} | {d.get('implementation', '')} | "
                      f"{'yes' if d.get('static_indices', True) else 'no (data-dependent)'} | {d.get('notes', '')} |")
-    return "\n".join(lines) + "\n"
+    if data.get("size_options"):
+        lines += [""] + build_size_report(data["size_options"], rows.get("full", {}).get("train"))
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def plot(data: dict[str, Any], path: Path) -> None:
@@ -445,6 +560,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--skip", default="", help=f"sections to skip: {', '.join(SECTIONS)}")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help="sections to run (default: all); e.g. `--sections size --merge` adds the size options to "
+                        "the existing results without re-measuring the rest")
+    p.add_argument("--size-targets", default="tflite",
+                   help="export targets whose artifact size the size section records (default %(default)s)")
     p.add_argument("--quick", action="store_true",
                    help="proof-run defaults: resolutions 224,448; latency at 224 and 448 with 1 block on torch,onnx; "
                         "targets tflite,onnx; 1 epoch on 2000 images (1000 test)")
@@ -480,7 +600,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown mechanism(s): {', '.join(unknown)}; known: {', '.join(attention_names())}", file=sys.stderr)
         return 2
-    skip = {s for s in args.skip.split(",") if s}
+    sections = [s for s in args.sections.split(",") if s]
+    bad = sorted(set(sections) - set(SECTIONS))
+    if bad:
+        print(f"unknown section(s): {', '.join(bad)}; known: {', '.join(SECTIONS)}", file=sys.stderr)
+        return 2
+    skip = {s for s in args.skip.split(",") if s} | (set(SECTIONS) - set(sections))
+    zoo_sections = set(SECTIONS) - {"size"} - skip
     resolutions = [int(r) for r in args.resolutions.split(",")]
     lat_res = [int(r) for r in args.latency_resolutions.split(",")]
     core_res = [int(r) for r in args.core_resolutions.split(",") if r]
@@ -497,7 +623,8 @@ def main(argv: list[str] | None = None) -> int:
                      "runs": args.runs, "warmup": args.warmup, "patch": PATCH},
         "mechanisms": {m: {"describe": described[m]} for m in mechs},
     }
-    if args.merge and json_path.exists():
+    # Measuring only the size options never replaces the zoo's (hours-long) results: always a merge.
+    if (args.merge or not zoo_sections) and json_path.exists():
         old = json.loads(json_path.read_text())
         for key in ("resolutions", "latency_resolutions", "runtimes", "targets"):
             merged = list(old.get("settings", {}).get(key, []))
@@ -512,6 +639,13 @@ def main(argv: list[str] | None = None) -> int:
             # old measurements stay; this run's measurements overwrite them key by key
             data["mechanisms"][m] = {**row, **({"describe": described[m]} if m in described else {})}
         data["started"] = old.get("started", data["started"])
+        if not zoo_sections:  # only the size options run: the zoo's run record stays as it was
+            for key in ("machine", "finished"):
+                if key in old:
+                    data[key] = old[key]
+            data["settings"]["threads"] = old.get("settings", {}).get("threads", args.threads)
+        if "size_options" in old:
+            data["size_options"] = old["size_options"]
         rank = {name: i for i, name in enumerate(described)}
         data["mechanisms"] = dict(sorted(data["mechanisms"].items(), key=lambda kv: rank.get(kv[0], len(rank))))
 
@@ -565,7 +699,16 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as exc:
                     data["mechanisms"][m]["train"] = {"error": _blocking_op(exc)}
                 save()
-    data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        if "size" not in skip:
+            def save_size(part: dict[str, Any]) -> None:
+                data["size_options"] = part
+                save()
+
+            size_targets = [t for t in args.size_targets.split(",") if t]
+            data["size_options"] = size_options(data["settings"], size_targets, args.threads, work, note, save_size)
+            save()
+    if zoo_sections or "finished" not in data:
+        data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     save()
     (out / "attention_zoo.md").write_text(build_report(data))
     plot(data, out / "attention_zoo.png")

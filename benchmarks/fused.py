@@ -81,6 +81,9 @@ def _export(model: str, target: str, rewrite: bool, out: Path, reuse: bool, fuse
         options = {"rewrite": rewrite} if "rewrite" in converter.options else {}
         if rewrite and not options:
             raise SystemExit(f"target {target} has no rewrite option")
+        import torch
+
+        torch.manual_seed(0)  # plain and fused artifacts of a model carry the same random weights
         with _stdout_to_stderr():  # converters print progress; stdout carries the table only
             result = export(model, target, out=path, force=True, options=options, fused_input=fused_input)
         record["export_s"] = round(result.seconds, 1)
@@ -132,7 +135,7 @@ def _time_pair(plain: str, fused: str, threads: int, warmup: int, runs: int, cpu
         "fused": _stats(t_fused),
         "speedup": statistics.median(t_plain) / statistics.median(t_fused),
         "paired_speedup": paired,
-        "plain_vs_fused_max_abs_diff": diff,
+        "plain_vs_fused_max_abs_diff": diff,  # meaningful for artifacts of one run (same seed)
         "runs": runs,
     }
     if cpu_time:

@@ -65,14 +65,14 @@ def main() -> int:
     from edgevit.models import list_models
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="*", help="glob on model names")
+    ap.add_argument("--models", default="*", help="comma-separated globs on model names")
     ap.add_argument("--targets", nargs="*", default=None, help="targets (default: all)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per export")
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="do not update models/support.json")
     args = ap.parse_args()
 
-    models = [m for m in list_models() if fnmatch.fnmatch(m, args.models)]
+    models = [m for m in list_models(builtin_only=True) if any(fnmatch.fnmatch(m, g) for g in args.models.split(","))]
     targets = args.targets or list(available_targets())
     if args.dry_run:
         print(f"{len(models)} models x {len(targets)} targets: {models} {targets}")

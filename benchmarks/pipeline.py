@@ -239,10 +239,11 @@ def main(argv: list[str] | None = None) -> int:
 
     _log("exporting float models to TFLite fp32 ...")
     fp32 = {
-        "teacher": _export_fp32(args.teacher, out / "fp32", teacher_w, reuse=args.reuse),
+        "teacher": _export_fp32(args.teacher, out / "fp32" / "teacher", teacher_w, reuse=args.reuse),
         "student alone": _export_fp32(args.student, out / "fp32" / "alone", alone_w, reuse=args.reuse),
-        "student distilled": _export_fp32(args.student, out / "fp32", distilled_w, reuse=args.reuse),
-        "pruned + fine-tuned": _export_fp32(pruned_name, out / "fp32", None, pretrained=True, reuse=args.reuse),
+        "student distilled": _export_fp32(args.student, out / "fp32" / "distilled", distilled_w, reuse=args.reuse),
+        "pruned + fine-tuned": _export_fp32(pruned_name, out / "fp32" / "pruned", None, pretrained=True,
+                                            reuse=args.reuse),
     }
 
     test_x = {}

@@ -179,7 +179,7 @@ def register_converter(cls: C) -> C:
 
 
 _DISCOVERED = False
-_NOT_TARGETS = {"base", "export", "verify", "rewrites"}
+_NOT_TARGETS = {"base", "export", "verify", "rewrites", "quantize", "tflite_delegation"}
 
 
 def _ensure_builtin() -> None:

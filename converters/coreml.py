@@ -68,7 +68,10 @@ class CoreMLConverter(Converter):
     name = "coreml"
     suffix = ".mlpackage"
     precisions = ("fp32", "fp16")
-    options = {"frontend": "export", "deployment_target": "iOS16", "fused_attention": True}
+    # ``weights``: post-training weight compression on top of the fp32/fp16 program (coremltools'
+    # linear_quantize_weights / palettize_weights). W8A8 (precision int8) would need coremltools'
+    # PT2E CoreMLQuantizer, which imports torch.ao.quantization.quantizer, gone from torch 2.13.
+    options = {"frontend": "export", "deployment_target": "iOS16", "fused_attention": True, "weights": "float"}
     requires = ("coremltools",)
     extra = "coreml"
     runtime = "coreml"
@@ -114,6 +117,7 @@ class CoreMLConverter(Converter):
 
         frontend = config.options["frontend"]
         target_name = config.options["deployment_target"]
+        compression = _weight_compression(config.options["weights"])  # validated before any work
         notes: list[str] = []
         captured, capture_report = _capture(model, example, frontend)
         with warnings.catch_warnings(record=True) as caught:
@@ -137,6 +141,11 @@ class CoreMLConverter(Converter):
                     op=op,
                 ) from exc
         notes += sorted({str(w.message).splitlines()[0][:300] for w in caught if not _is_noise(w)})
+        quant_section = None
+        if compression is not None:
+            mlmodel, quant_section = _compress_weights(mlmodel, compression, config, path)
+            recorded = {k: v for k, v in quant_section.items() if not k.startswith("_")}
+            metadata = metadata.replace(extra={**metadata.extra, "quantization": recorded})
         _describe(mlmodel, metadata)
         try:
             mlmodel.save(str(path))
@@ -158,6 +167,13 @@ class CoreMLConverter(Converter):
             "fused_attention_rewrites": sum(1 for m in model.modules() if getattr(m, "_edgevit_fused_sdpa", False)),
             "graph_capture": capture_report,
         }
+        if quant_section is not None:
+            from edgevit.converters.quantize import add_size_and_latency, summary_lines
+
+            add_size_and_latency(quant_section, quant_section.pop("_uncompressed_bytes"),
+                                 sum(f.stat().st_size for f in path.rglob("*") if f.is_file()), None)
+            details["quantization"] = quant_section
+            details["quantization_summary"] = summary_lines(quant_section)
         return ConvertOutput(warnings=notes, details=details)
 
     def structure(self, path: Path) -> dict[str, Any]:
@@ -451,3 +467,43 @@ def _failing_op(exc: BaseException) -> str | None:
 def _is_noise(w: warnings.WarningMessage) -> bool:
     text = str(w.message)
     return issubclass(w.category, (DeprecationWarning, FutureWarning, ResourceWarning)) or "has not been tested with coremltools" in text
+
+
+# --- weight compression ----------------------------------------------------------------------
+
+_WEIGHT_MODES = ("float", "int8", "palettize-8", "palettize-6", "palettize-4")
+
+
+def _weight_compression(value: Any) -> str | None:
+    if value not in _WEIGHT_MODES:
+        raise ConfigError(f"coreml option weights must be one of {', '.join(_WEIGHT_MODES)}, got {value!r}")
+    return None if value == "float" else value
+
+
+def _compress_weights(mlmodel, mode: str, config: ExportConfig, path: Path):
+    """(compressed model, report section): int8 per-channel symmetric weights, or an n-bit k-means
+    palette per tensor; compute stays at the program's precision."""
+    import tempfile
+
+    import coremltools as ct
+    import coremltools.optimize.coreml as cto
+
+    with tempfile.TemporaryDirectory(prefix="edgevit-coreml-") as tmp:
+        plain = Path(tmp) / "uncompressed.mlpackage"
+        mlmodel.save(str(plain))
+        uncompressed = sum(f.stat().st_size for f in plain.rglob("*") if f.is_file())
+    try:
+        if mode == "int8":
+            op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
+            compressed = cto.linear_quantize_weights(mlmodel, config=cto.OptimizationConfig(global_config=op))
+            scheme = "int8 per-channel symmetric weights (constexpr dequantize), compute " + config.precision
+        else:
+            bits = int(mode.split("-")[1])
+            op = cto.OpPalettizerConfig(mode="kmeans", nbits=bits, granularity="per_tensor")
+            compressed = cto.palettize_weights(mlmodel, config=cto.OptimizationConfig(global_config=op))
+            scheme = f"{bits}-bit k-means palettized weights (per tensor), compute " + config.precision
+    except Exception as exc:
+        raise ConversionError(f"coremltools weight compression ({mode}) failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+    section = {"precision": config.precision, "weights": mode, "scheme": scheme,
+               "tool": f"coremltools {ct.__version__} optimize.coreml", "_uncompressed_bytes": uncompressed}
+    return compressed, section

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgevit.converters.base import ConvertOutput, Converter, ExportConfig, register_converter
+from edgevit.converters.quantize import QUANT_OPTIONS, add_size_and_latency, metadata_summary, summary_lines, torch_threads
 from edgevit.errors import ConfigError, ConversionError
 from edgevit.metadata import METADATA_KEY, ArtifactMetadata
 
@@ -59,8 +60,8 @@ class ONNXConverter(Converter):
 
     name = "onnx"
     suffix = ".onnx"
-    precisions = ("fp32",)
-    options = {"opset": 18, "dynamic_batch": True, "rewrite": True}
+    precisions = ("fp32", "fp16", "int8-dynamic", "int8")
+    options = {"opset": 18, "dynamic_batch": True, "rewrite": True, **QUANT_OPTIONS}
     requires = ("onnx", "onnxruntime", "onnxscript")
     extra = "export"
     runtime = "onnx"
@@ -137,6 +138,11 @@ class ONNXConverter(Converter):
             raise ConversionError("torch.onnx.export returned no ONNX program")
 
         proto = program.model_proto
+        section, quant_warnings, float_bytes = None, [], proto.ByteSize()
+        if config.precision != "fp32":  # onnxruntime's quantization tools on the float graph
+            with torch_threads(1):
+                proto, section, quant_warnings = _quantize_onnx(proto, model, metadata, config)
+            metadata = metadata.replace(extra={**metadata.extra, "quantization": metadata_summary(section)})
         del proto.metadata_props[:]
         prop = proto.metadata_props.add()
         prop.key = METADATA_KEY
@@ -169,7 +175,12 @@ class ONNXConverter(Converter):
             "op_types": dict(ops.most_common()),
             "initializers": len(proto.graph.initializer),
         }
-        return ConvertOutput(warnings=_relevant(caught), details=details)
+        if section is not None:
+            add_size_and_latency(section, float_bytes if section.pop("_compare_fp32", False) else None,
+                                 path.stat().st_size, section.pop("_latency", None))
+            details["quantization"] = section
+            details["quantization_summary"] = summary_lines(section)
+        return ConvertOutput(warnings=_relevant(caught) + quant_warnings, details=details)
 
     def structure(self, path: Path) -> dict[str, Any]:
         """Inputs, outputs, opset, op counts and metadata keys of a written ``.onnx`` file."""
@@ -283,3 +294,229 @@ def _describe_failure(exc: BaseException) -> str:
         else "the torch dynamo ONNX exporter failed"
     )
     return f"{stage}{f' at op {op}' if op else ''}: {_root_cause(exc)[:400]}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Quantization with onnxruntime's tools: fp16 (float16 conversion, float I/O), int8-dynamic
+# (quantize_dynamic: int8 weights, activations quantized per call) and int8 (quantize_static, QDQ
+# format, per-channel weights, MinMax calibration). The ViT-aware recipe quantizes only the ops
+# ONNX Runtime's CPU kernels run faster in int8 (Conv, MatMul with a weight, Gemm, Add, Mul) and
+# searches which of those to leave float (nodes_to_exclude); the naive recipe quantizes every op
+# type onnxruntime knows (softmax, layer norm, attention matmuls included).
+
+_ORT_INT8_OPS = ("Conv", "MatMul", "Gemm", "Add", "Mul")
+_ORT_BY_DESIGN = ["softmax", "layer norm", "GELU and other activations", "matmuls between activations (attention)", "division"]
+
+
+def _onnx_ops(proto, model) -> list:
+    """The graph's candidate nodes as :class:`QuantOp` (id = node name)."""
+    import ast
+
+    from edgevit.converters.quantize import QuantOp, role_of_module
+
+    initializers = {t.name for t in proto.graph.initializer}
+    constants = {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
+    modules = dict(model.named_modules())
+    ops = []
+    for node in proto.graph.node:
+        if node.op_type not in _ORT_INT8_OPS:
+            continue
+        props = {p.key: p.value for p in node.metadata_props}
+        try:
+            scopes = ast.literal_eval(props.get("pkg.torch.onnx.name_scopes", "[]"))
+        except (ValueError, SyntaxError):
+            scopes = []
+        paths = [s for s in scopes[:-1] if s in modules]
+        module = paths[-1] if paths else ""
+        activations = [i for i in node.input if i and i not in initializers and i not in constants]
+        if any(role_of_module(type(modules[p]).__name__) == "norm" for p in paths[-2:]):
+            role = "norm"
+        elif node.op_type in ("Conv", "Gemm") or (node.op_type == "MatMul" and len(activations) == 1):
+            role = "linear"
+        elif node.op_type == "MatMul":
+            role = "attention_matmul"
+        elif node.op_type == "Add":
+            role = "residual_add" if len(activations) == 2 else "elementwise"
+        else:
+            role = "elementwise"
+        ops.append(QuantOp(id=node.name, kind=node.op_type, role=role, module=module or node.name))
+    return ops
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over a stack of inputs (batches when the batch is dynamic)."""
+
+    def __init__(self, name: str, inputs, batch: int) -> None:
+        self.name, self.inputs, self.batch, self.i = name, inputs, batch, 0
+
+    def get_next(self):
+        if self.i >= len(self.inputs):
+            return None
+        chunk = self.inputs[self.i : self.i + self.batch]
+        self.i += self.batch
+        return {self.name: chunk}
+
+    def rewind(self) -> None:
+        self.i = 0
+
+
+def _ort_logits(model_bytes: bytes, inputs, dynamic: bool):
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    step = 64 if dynamic else 1
+    rows = [session.run(None, {name: inputs[i : i + step]})[0] for i in range(0, len(inputs), step)]
+    return np.concatenate(rows).reshape(len(inputs), -1)
+
+
+def _quantize_onnx(proto, model, metadata: ArtifactMetadata, config: ExportConfig):
+    """(quantized ModelProto, report section, warnings) for fp16 / int8-dynamic / int8."""
+    import importlib.metadata
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    from edgevit.converters import quantize as qz
+    from edgevit.converters.quantize import QuantSettings
+
+    settings = QuantSettings.from_options(config.options)
+    precision = config.precision
+    dynamic_batch = bool(config.options.get("dynamic_batch", True))
+    vit_aware = precision == "int8" and settings.recipe == "vit-aware"
+    tool = f"onnxruntime.quantization {importlib.metadata.version('onnxruntime')}"
+    warnings: list[str] = []
+    calib = search = None
+    if config.calibration is not None:
+        calib, search, note = qz.load_quant_data(config.calibration, metadata, settings)
+        warnings += [note] if note else []
+        warnings += [f"calibration {search.note}"] if search.note else []
+    calibration_info = calib.describe() if calib is not None else None
+    if calibration_info is not None and search is not calib:
+        calibration_info["search_images"] = len(search)
+    float_bytes = proto.SerializeToString()
+    reference = _ort_logits(float_bytes, search.inputs, dynamic_batch) if search is not None else None
+    input_name = proto.graph.input[0].name
+
+    with tempfile.TemporaryDirectory(prefix="edgevit-onnx-quant-") as tmp:
+        src, dst = Path(tmp) / "float.onnx", Path(tmp) / "quantized.onnx"
+        src.write_bytes(float_bytes)
+
+        def static(exclude, naive: bool = False) -> bytes:
+            quantize_static(
+                src, dst, _Reader(input_name, calib.inputs, 16 if dynamic_batch else 1),
+                quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                op_types_to_quantize=None if naive else list(_ORT_INT8_OPS), nodes_to_exclude=sorted(exclude),
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+            )
+            return dst.read_bytes()
+
+        try:
+            with qz.quiet_tools():
+                if precision == "fp16":
+                    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+                    half = convert_float_to_float16(onnx.load_from_string(float_bytes), keep_io_types=True)
+                    data = _topologically_sorted(half).SerializeToString()
+                    scheme = "fp16 weights and compute (float32 input and output)"
+                elif precision == "int8-dynamic":
+                    quantize_dynamic(src, dst, per_channel=True, weight_type=QuantType.QInt8)
+                    data = dst.read_bytes()
+                    scheme = "int8 per-channel weights, activations quantized per call (dynamic)"
+                else:
+                    ops = _onnx_ops(proto, model)
+                    by_design = frozenset(op.id for op in ops if op.role in ("norm", "attention_matmul")) if vit_aware else frozenset()
+                    groups = qz.build_groups([op for op in ops if op.id not in by_design],
+                                             qz.linear_outlier_scores(model, calib.inputs)) if vit_aware else []
+                    members = {g.name: frozenset(g.op_ids) for g in groups}
+                    cache: dict = {}
+
+                    def build(kept: frozenset) -> bytes:
+                        if kept not in cache:
+                            cache.clear()  # keep one model in memory
+                            cache[kept] = static(by_design.union(*(members[k] for k in kept)), naive=not vit_aware)
+                        return cache[kept]
+
+                    target = settings.target(search.labelled)
+                    result = qz.search_mix(groups, lambda kept, n: _ort_logits(build(kept), search.inputs[:n], dynamic_batch),
+                                           reference, search.labels, target)
+                    naive = qz.fidelity(reference, _ort_logits(static(frozenset(), naive=True), search.inputs, dynamic_batch),
+                                        search.labels) if vit_aware else None
+                    if vit_aware and not result.met:
+                        raise ConversionError(
+                            f"int8 could not meet the fidelity target ({target.describe()}): naive int8 gives "
+                            f"{naive.summary()}; the ViT-aware mix keeping {', '.join(result.kept) or 'no further group'} "
+                            f"out of int8 gives {result.final.summary()}. Relax it (--option max_drop=N / min_cosine=C), "
+                            "or use --precision int8-dynamic or fp16"
+                        )
+                    data = build(frozenset(result.kept))
+                    scheme = "int8 static QDQ: per-channel int8 weights, int8 activations (MinMax calibration)"
+                    fixed = _ORT_BY_DESIGN if vit_aware else []
+                    section = qz.report("int8", scheme, tool, settings, calibration=calibration_info, groups=groups,
+                                        search=result, naive=naive, fixed_float=fixed)
+                    if not vit_aware:
+                        section["note"] = "naive recipe: every op type onnxruntime quantizes is int8 (no search)"
+        except ConversionError:
+            raise
+        except Exception as exc:
+            raise ConversionError(f"onnxruntime quantization ({precision}) failed: {type(exc).__name__}: "
+                                  f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from exc
+    if precision != "int8":
+        evaluation = qz.fidelity(reference, _ort_logits(data, search.inputs, dynamic_batch), search.labels) if search else None
+        section = qz.report(precision, scheme, tool, settings, calibration=calibration_info, evaluation=evaluation)
+    if settings.compare_fp32:
+        import numpy as np
+
+        example = np.zeros(metadata.input_shape(1), np.uint8 if metadata.fused_input else np.float32)
+        section["_compare_fp32"] = True
+        section["_latency"] = _ort_latency({"fp32": float_bytes, "quantized": data}, example)
+    return onnx.load_from_string(data), section, warnings
+
+
+def _ort_latency(models: dict, example, runs: int = 20) -> dict:
+    """Median latency (ms) of each model, interleaved in one run, batch 1."""
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    sessions = {}
+    for label, data in models.items():
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 2
+        sessions[label] = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    times: dict = {label: [] for label in sessions}
+    for i in range(runs + 3):
+        for label, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, {s.get_inputs()[0].name: example})
+            if i >= 3:
+                times[label].append((time.perf_counter() - t) * 1000.0)
+    return {label: float(np.median(v)) for label, v in times.items()}
+
+
+def _topologically_sorted(proto):
+    """``proto`` with its graph's nodes in dependency order (the float16 converter appends the
+    input casts at the end, which onnx.checker refuses)."""
+    available = {i.name for i in proto.graph.input} | {t.name for t in proto.graph.initializer} | {""}
+    pending, ordered = list(proto.graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:  # a cycle or a dangling input: leave the rest as it was, the checker will say
+            ordered += pending
+            break
+        for n in ready:
+            ordered.append(n)
+            available.update(n.output)
+        pending = [n for n in pending if not any(n is r for r in ready)]
+    nodes = [type(n)() for n in ordered]
+    for new, old in zip(nodes, ordered):
+        new.CopyFrom(old)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    return proto

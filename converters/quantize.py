@@ -8,24 +8,29 @@ What is target-independent lives here; each converter supplies the target-specif
 * ``evaluate(kept)``: the logits, on the search images, of the model quantized with every op in
   the groups named in ``kept`` held at higher precision and everything else at int8.
 
-The ViT-aware recipe (:func:`search_mix`)
------------------------------------------
+The ViT-aware recipe
+--------------------
 ViTs lose accuracy under naive W8A8 because a few places carry ranges int8 cannot hold: softmax
 outputs (mostly tiny values next to a few near 1), LayerNorm internals (variance, rsqrt),
 residual adds (the residual stream grows outlier channels), and the linears that read those
-outliers. The search measures this instead of assuming it:
+outliers. The recipe, against the naive one (every op int8, the tool's default calibration):
 
-1. quantize everything (the naive recipe) and measure fidelity on held-out calibration images;
-   stop if the target is met;
-2. sensitivity: for each candidate group (by role: softmax, norm, residual adds, attention
-   matmuls, activations; and per layer for the stem, the head and the linears whose input has
-   the strongest outlier channels, found from the float model's activations), quantize all but
-   that group and measure the error; the more the error falls, the more harmful the group;
-3. greedy: keep groups at higher precision, most harmful first, until the target is met;
-4. prune: drop any kept group the target does not need (fewer float islands, faster model).
+1. *float by design*: each target keeps float the ops that are both range-sensitive and without
+   a fast int8 kernel on its runtime (softmax, layer norm, GELU, activation x activation matmuls;
+   the model's input/output tensors on TFLite). This is also what makes int8 fast: on TFLite's
+   XNNPACK, DeiT-Tiny all-int8 runs *slower* than fp32 (50 vs 30 ms), with these float 2x faster;
+2. *ranges*: activation ranges are the global min/max over the calibration images (no clipping of
+   the outlier channels ViTs depend on), where the tool's default would clip;
+3. *search* (:func:`search_mix`): quantize the rest and measure fidelity on held-out images;
+   stop if the target is met. Otherwise measure each candidate group's *sensitivity* (by role:
+   residual adds, element-wise ops; per layer: the stem, the head and the linears whose input has
+   the strongest outlier channels, found from the float model's activations) as the error with
+   all but that group int8; keep groups out of int8, most harmful first, until the target is met;
+   then drop any kept group the target does not need.
 
 The target is ``max_drop`` top-1 points against the float model on labelled images, or
-``min_cosine`` (mean cosine similarity of logits) where the images carry no labels.
+``min_cosine`` (mean cosine similarity of logits) where the images carry no labels. A target the
+search cannot meet is an error naming the numbers and the options, never a silent fallback.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ __all__ = [
     "load_quant_data",
     "quiet_tools",
     "search_mix",
+    "torch_threads",
 ]
 
 RECIPES = ("vit-aware", "naive")
@@ -334,7 +340,7 @@ def fidelity(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | 
 class FidelityTarget:
     """``max_drop`` top-1 points on labelled images, else ``min_cosine`` mean cosine."""
 
-    max_drop: float | None = 1.0
+    max_drop: float | None = None
     min_cosine: float | None = None
 
     def met(self, f: Fidelity) -> bool:
@@ -499,6 +505,21 @@ def compare_latency(artifacts: Mapping[str, Any], runtime: str, example: np.ndar
             rt.run(example)
             times[label].append((time.perf_counter() - t) * 1000.0)
     return {label: float(np.median(v)) for label, v in times.items()}
+
+
+@contextlib.contextmanager
+def torch_threads(n: int = 1) -> Iterator[None]:
+    """Run torch on ``n`` threads for the duration (restored after). The host-side passes here
+    (calibration, simulation) are small batched forwards; on a busy machine OpenMP's spinning
+    threads make them 10x slower with 2 threads than with one (measured on 2 shared cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager

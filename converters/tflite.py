@@ -11,6 +11,7 @@ from edgevit.converters.quantize import (
     add_size_and_latency,
     metadata_summary,
     summary_lines,
+    torch_threads,
 )
 from edgevit.errors import ConversionError
 from edgevit.metadata import METADATA_KEY, ArtifactMetadata
@@ -68,8 +69,10 @@ class TFLiteConverter(Converter):
         details: dict = {"converter": f"litert-torch {litert_torch.__version__}"}
         if config.precision == "fp32":
             path.write_bytes(embed_tflite_metadata(float_data, METADATA_KEY, metadata.to_json().encode()))
-            return ConvertOutput(details=details)
-        quantized, section, warnings, fallbacks = _quantize_tflite(float_data, model, metadata, config)
+            return ConvertOutput(warnings=_delegation_warnings(delegation := _delegation(path)),
+                                 delegation=delegation, details=details)
+        with torch_threads(1):
+            quantized, section, warnings, fallbacks = _quantize_tflite(float_data, model, metadata, config)
         meta = metadata.replace(
             extra={**metadata.extra, "quantization": metadata_summary(section)},
             fallbacks=tuple(metadata.fallbacks) + tuple(fallbacks),
@@ -83,7 +86,23 @@ class TFLiteConverter(Converter):
                              if settings.compare_fp32 else None, path.stat().st_size, latency)
         details["quantization"] = section
         details["quantization_summary"] = summary_lines(section)
-        return ConvertOutput(warnings=warnings, details=details)
+        delegation = _delegation(path)
+        return ConvertOutput(warnings=warnings + _delegation_warnings(delegation), delegation=delegation, details=details)
+
+
+def _delegation(path: Path):
+    """How much of the written model XNNPACK takes (the interpreter applies it by default)."""
+    from edgevit.converters.tflite_delegation import tflite_delegation_report
+
+    return tflite_delegation_report(path)
+
+
+def _delegation_warnings(report) -> list[str]:
+    if report.share >= 1.0:
+        return []
+    outside = ", ".join(f"{op} x{n}" for op, n in list(report.outside_ops.items())[:6])
+    return [f"XNNPACK takes {100 * report.share:.1f}% of the TFLite operators ({report.partitions} partition(s)); "
+            f"left on TFLite's builtin kernels: {outside}"]
 
 
 def _failing_op(exc: Exception) -> str | None:

@@ -65,7 +65,6 @@ __all__ = [
 ]
 
 DISTILL_TOKEN_MODES = ("hard", "soft")
-_CHECKPOINT = "checkpoint"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -485,6 +484,7 @@ def distill(
     test_limit: int | None = None,
     threads: int | None = None,
     device: str | None = None,
+    grad_checkpointing: bool = False,
     progress: bool | None = None,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
 ) -> DistillResult:
@@ -493,7 +493,8 @@ def distill(
     ``teacher`` is a catalog name (with ``teacher_weights`` FILE or ``teacher_pretrained``) or a
     checkpoint written by edgevit. ``student_weights`` initialises the student (otherwise it starts
     from the seed's random init, exactly as ``edgevit train`` would). ``distill_token`` applies to
-    students with DeiT's distillation token only. Other options as in :func:`edgevit.training.train`.
+    students with DeiT's distillation token only. ``grad_checkpointing`` applies to the student (the
+    teacher runs without gradients). Other options as in :func:`edgevit.training.train`.
     Checkpoints go to ``out/checkpoint.*`` after every epoch; ``resume`` continues from there.
     """
     import torch
@@ -510,6 +511,7 @@ def distill(
         _load_initial_weights,
         _pick_device,
         _save_checkpoint,
+        enable_grad_checkpointing,
     )
 
     start = time.perf_counter()
@@ -520,6 +522,7 @@ def distill(
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
         augment={True: "auto", False: "none"}.get(augment, augment), seed=seed, train_limit=train_limit,
         test_limit=test_limit, weights=os.fspath(student_weights) if student_weights is not None else None,
+        grad_checkpointing=grad_checkpointing,
     )
     if distill_token not in DISTILL_TOKEN_MODES:
         raise ConfigError(f"--distill-token must be one of {', '.join(DISTILL_TOKEN_MODES)}, got {distill_token!r}")
@@ -555,6 +558,8 @@ def distill(
         model = create_model(student, num_classes=ds.num_classes)
         if student_weights is not None:
             warnings += _load_initial_weights(model, load_state_dict(student_weights), os.fspath(student_weights))
+        if grad_checkpointing:
+            enable_grad_checkpointing(model, student)
         model.to(device)
         tch = load_teacher(teacher, teacher_weights, teacher_pretrained, device=device)
         _check_teacher(tch, ds)

@@ -53,12 +53,12 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = [
+    "BlockPlan",
     "HEAD_PRUNABLE_ATTENTION",
     "IMPORTANCE",
-    "SCOPES",
-    "BlockPlan",
-    "PruneResult",
     "PrunePlan",
+    "PruneResult",
+    "SCOPES",
     "apply_plan",
     "head_scores",
     "load_pruned",
@@ -473,8 +473,7 @@ def register_pruned(path: str | os.PathLike, name: str | None = None) -> str:
     ``create_model(name, pretrained=True)`` and ``export(name, target, pretrained=True)`` load
     them. Registering the same name again with another plan replaces the entry.
     """
-    from edgevit.models import get_spec, register_model
-    from edgevit.models import _registry as registry
+    from edgevit.models import get_spec, is_builtin, list_models, register_model
     from edgevit.profile import profile_model
 
     p = Path(path)
@@ -487,14 +486,12 @@ def register_pruned(path: str | os.PathLike, name: str | None = None) -> str:
     name = name or saved_name
     base = get_spec(plan.base)
     weights = str(p.resolve())
-    registry._ensure_catalog()
-    existing = registry._CATALOG.get(name)
-    if existing is not None:
-        if not existing.source.startswith("pruned:"):
+    if name in list_models():
+        existing = get_spec(name)
+        if is_builtin(name) or not existing.source.startswith("pruned:"):
             raise ConfigError(f"{name} is a catalog model; register the pruned model under another name")
         if existing.embedded_weights == weights and getattr(existing.builder, "plan", None) == plan:
             return name
-        del registry._CATALOG[name]  # the registry has no public way to replace an entry
 
     def build(num_classes: int | None = None, pretrained: bool = False) -> nn.Module:
         return _build_pruned(plan, num_classes)
@@ -507,9 +504,9 @@ def register_pruned(path: str | os.PathLike, name: str | None = None) -> str:
                      f"{plan.units_total - plan.units_kept}/{plan.units_total} MLP units pruned ({plan.importance})"),
         known_issues=dict(base.known_issues),
     )
-    register_model(spec)
+    register_model(spec, replace=True)
     r = profile_model(name)
-    registry._CATALOG[name] = dataclasses.replace(spec, params_m=round(r.params_m, 4), gmacs=float(f"{r.gmacs:.4g}"))
+    register_model(dataclasses.replace(spec, params_m=round(r.params_m, 4), gmacs=float(f"{r.gmacs:.4g}")), replace=True)
     return name
 
 

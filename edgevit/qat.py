@@ -55,9 +55,9 @@ if TYPE_CHECKING:
     from edgevit.models import ModelSpec
 
 __all__ = [
-    "QAT_TARGETS",
     "QATArtifact",
     "QATResult",
+    "QAT_TARGETS",
     "evaluate_artifact",
     "fold_batchnorm",
     "make_quantizer",

@@ -57,7 +57,7 @@ def support_table(names: Sequence[str] | None = None) -> dict[str, Any]:
     from edgevit.converters import available_targets
     from edgevit.models import get_spec, list_models
 
-    names = list(names) if names is not None else list_models()
+    names = list(names) if names is not None else list_models(builtin_only=True)
     targets = list(available_targets())
     results = load_support().get("results", {})
     rows = []

@@ -47,7 +47,16 @@ if TYPE_CHECKING:
     from edgevit.data import Dataset
     from edgevit.models import ModelSpec
 
-__all__ = ["AUGMENTATIONS", "EpochRecord", "TrainConfig", "TrainResult", "evaluate", "to_model_input", "train"]
+__all__ = [
+    "AUGMENTATIONS",
+    "EpochRecord",
+    "TrainConfig",
+    "TrainResult",
+    "enable_grad_checkpointing",
+    "evaluate",
+    "to_model_input",
+    "train",
+]
 
 CHECKPOINT_FORMAT = 1
 AUGMENTATIONS = ("auto", "none", "flip", "crop", "crop+flip")
@@ -78,6 +87,7 @@ class TrainConfig:
     test_limit: int | None = None
     weights: str | None = None
     pretrained: bool = False
+    grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -92,6 +102,8 @@ class TrainConfig:
             (self.train_limit is None or self.train_limit >= 1, f"train_limit must be >= 1, got {self.train_limit}"),
             (self.test_limit is None or self.test_limit >= 1, f"test_limit must be >= 1, got {self.test_limit}"),
             (not (self.pretrained and self.weights), "pass either pretrained=True or weights=FILE, not both"),
+            (isinstance(self.grad_checkpointing, bool),
+             f"grad_checkpointing must be True or False, got {self.grad_checkpointing!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -357,6 +369,20 @@ def _torch_settings(threads: int, deterministic: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark = old_bench
 
 
+def enable_grad_checkpointing(model: nn.Module, name: str) -> None:
+    """Turn on gradient (activation) checkpointing: the blocks' activations are recomputed in the
+    backward pass instead of kept, trading about a third more compute for much less memory. The
+    model must offer ``set_grad_checkpointing(enable)`` (timm's models and edgevit's EdgeViT do)."""
+    setter = getattr(model, "set_grad_checkpointing", None)
+    if not callable(setter):
+        raise ConfigError(
+            f"{name} ({type(model).__name__}) does not support gradient checkpointing (it has no "
+            f"set_grad_checkpointing method); train it without gradient checkpointing "
+            f"(drop --grad-checkpointing)"
+        )
+    setter(True)
+
+
 def _pick_device(device: str | None) -> str:
     import torch
 
@@ -394,6 +420,7 @@ def train(
     threads: int | None = None,
     device: str | None = None,
     deterministic: bool = True,
+    grad_checkpointing: bool = False,
     progress: bool | None = None,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
 ) -> TrainResult:
@@ -406,8 +433,10 @@ def train(
     ``augment`` is one of :data:`AUGMENTATIONS` (``True``/``False`` mean ``auto``/``none``):
     ``auto`` crops and flips training sets under 10,000 images and only flips larger ones.
     ``train_limit``/``test_limit`` keep the first N images of each split. ``threads`` defaults to
-    all cores, ``device`` to CUDA when available. ``progress`` shows a tqdm bar (default: when
-    stderr is a terminal). ``on_epoch_end`` is called with each epoch's record after its
+    all cores, ``device`` to CUDA when available. ``grad_checkpointing`` recomputes the blocks'
+    activations in the backward pass (less memory, more compute; the same losses) and needs a
+    model with ``set_grad_checkpointing`` (:class:`ConfigError` otherwise). ``progress`` shows a
+    tqdm bar (default: when stderr is a terminal). ``on_epoch_end`` is called with each epoch's record after its
     checkpoint is written. ``resume`` continues from ``out/checkpoint.*`` with the same
     settings; without it an existing checkpoint in ``out`` is only replaced with ``force``.
     """
@@ -426,6 +455,7 @@ def train(
         weight_decay=weight_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
         augment={True: "auto", False: "none"}.get(augment, augment), seed=seed, train_limit=train_limit, test_limit=test_limit,
         weights=os.fspath(weights) if weights is not None else None, pretrained=pretrained,
+        grad_checkpointing=grad_checkpointing,
     )
     threads = threads or os.cpu_count() or 1
     if threads < 1:
@@ -454,6 +484,8 @@ def train(
         model = create_model(model_name, pretrained=pretrained, num_classes=ds.num_classes)
         if weights is not None:
             warnings += _load_initial_weights(model, load_state_dict(weights), os.fspath(weights))
+        if grad_checkpointing:
+            enable_grad_checkpointing(model, model_name)
         model.to(device).train()
 
         steps_per_epoch = math.ceil(len(ds.train_labels) / batch_size)

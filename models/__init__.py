@@ -8,12 +8,18 @@
 from edgevit.models._registry import (
     ATTENTION_KINDS,
     ModelSpec,
+    _ensure_catalog,
     create_model,
     get_spec,
+    is_builtin,
     list_models,
     register_model,
+    unregister_model,
 )
-from edgevit.models.catalog_edgevit import DEFAULT_MODEL
+
+_ensure_catalog()  # the shipped catalog modules register their entries (marked as built in)
+
+from edgevit.models.catalog_edgevit import DEFAULT_MODEL  # noqa: E402
 
 __all__ = [
     "ATTENTION_KINDS",
@@ -21,6 +27,8 @@ __all__ = [
     "ModelSpec",
     "create_model",
     "get_spec",
+    "is_builtin",
     "list_models",
     "register_model",
+    "unregister_model",
 ]

@@ -21,8 +21,10 @@ __all__ = [
     "ModelSpec",
     "create_model",
     "get_spec",
+    "is_builtin",
     "list_models",
     "register_model",
+    "unregister_model",
 ]
 
 ATTENTION_KINDS = ("global", "windowed", "linear", "conv-hybrid", "cnn")
@@ -114,14 +116,39 @@ class ModelSpec:
 
 
 _CATALOG: dict[str, ModelSpec] = {}
+_BUILTIN: set[str] = set()  # names the shipped catalog modules register
+_LOADING_BUILTIN = False
 
 
-def register_model(spec: ModelSpec) -> ModelSpec:
-    """Add ``spec`` to the catalog (names are unique)."""
+def register_model(spec: ModelSpec, replace: bool = False) -> ModelSpec:
+    """Add ``spec`` to the catalog. Names are unique: registering a taken name raises unless
+    ``replace=True`` (which may not replace a shipped catalog entry)."""
     if spec.name in _CATALOG:
-        raise ValueError(f"model {spec.name!r} is already registered")
+        if not replace:
+            raise ValueError(f"model {spec.name!r} is already registered (pass replace=True to replace it)")
+        if spec.name in _BUILTIN and not _LOADING_BUILTIN:
+            raise ValueError(f"model {spec.name!r} is a shipped catalog entry and cannot be replaced; "
+                             "register it under another name")
     _CATALOG[spec.name] = spec
+    if _LOADING_BUILTIN:
+        _BUILTIN.add(spec.name)
     return spec
+
+
+def unregister_model(name: str) -> None:
+    """Remove a model registered at run time (e.g. by ``register_pruned``); shipped entries stay."""
+    _ensure_catalog()
+    if name in _BUILTIN:
+        raise ValueError(f"model {name!r} is a shipped catalog entry and cannot be removed")
+    if name not in _CATALOG:
+        raise UnknownModelError(name, _CATALOG)
+    del _CATALOG[name]
+
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` is a shipped catalog entry (not one registered at run time)."""
+    _ensure_catalog()
+    return name in _BUILTIN
 
 
 _DISCOVERED = False
@@ -129,7 +156,7 @@ _DISCOVERED = False
 
 def _ensure_catalog() -> None:
     """Import every catalog module in this package once; each registers its entries."""
-    global _DISCOVERED
+    global _DISCOVERED, _LOADING_BUILTIN
     if _DISCOVERED:
         return
     _DISCOVERED = True
@@ -138,9 +165,13 @@ def _ensure_catalog() -> None:
 
     import edgevit.models as package
 
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name.startswith("catalog_"):
-            importlib.import_module(f"{package.__name__}.{info.name}")
+    _LOADING_BUILTIN = True
+    try:
+        for info in pkgutil.iter_modules(package.__path__):
+            if info.name.startswith("catalog_"):
+                importlib.import_module(f"{package.__name__}.{info.name}")
+    finally:
+        _LOADING_BUILTIN = False
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -151,9 +182,10 @@ def get_spec(name: str) -> ModelSpec:
     return _CATALOG[name]
 
 
-def list_models(pattern: str = "*", attention: str | None = None, target: str | None = None) -> list[str]:
+def list_models(pattern: str = "*", attention: str | None = None, target: str | None = None,
+                builtin_only: bool = False) -> list[str]:
     """Catalog names matching a glob ``pattern``, an attention kind and, optionally, a target
-    the model has no known issue on."""
+    the model has no known issue on; ``builtin_only`` leaves out models registered at run time."""
     _ensure_catalog()
     if attention is not None and attention not in ATTENTION_KINDS:
         from edgevit.errors import UnknownNameError
@@ -166,6 +198,8 @@ def list_models(pattern: str = "*", attention: str | None = None, target: str | 
         if attention and spec.attention != attention:
             continue
         if target and target in spec.known_issues:
+            continue
+        if builtin_only and name not in _BUILTIN:
             continue
         names.append(name)
     return names

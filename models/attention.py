@@ -153,9 +153,7 @@ class TokenAttention(nn.Module):
         return dict(self._config)
 
     def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        b, n, _ = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return qkv[0], qkv[1], qkv[2]  # each (B, heads, N, head_dim)
+        return _split_heads(self.qkv(x), 3, self.num_heads)  # each (B, heads, N, head_dim)
 
     def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
         b, h, n, d = x.shape
@@ -175,10 +173,35 @@ def _default_device() -> torch.device:
     return torch.empty(0).device
 
 
+def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for operands with the same leading (batch) dims, as one rank-3 ``bmm``: a rank-4/5
+    ``matmul`` lowers to no-op ``expand_copy`` nodes that ExecuTorch's XNNPACK partitioner leaves
+    outside the delegate."""
+    lead = a.shape[:-2]
+    out = torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
+    return out.reshape(*lead, a.shape[-2], b.shape[-1])
+
+
+def _head_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x @ w`` for ``x`` (B, h, n, k) and a per-head weight ``w`` (h, k, m): the batch is folded
+    into the rows, one ``bmm`` over heads (no broadcast, so no expand)."""
+    b, h, n, k = x.shape
+    out = torch.bmm(x.transpose(0, 1).reshape(h, b * n, k), w)  # (h, B*n, m)
+    return out.reshape(h, b, n, -1).transpose(0, 1)
+
+
+def _split_heads(y: torch.Tensor, parts: int, heads: int) -> list[torch.Tensor]:
+    """(B, N, parts * C) laid out [q | k | v] -> ``parts`` tensors (B, heads, N, C / heads).
+    Slices, not ``unbind``/``select`` (which XNNPACK's partitioner leaves outside)."""
+    b, n, width = y.shape
+    c = width // parts
+    return [y[..., i * c:(i + 1) * c].reshape(b, n, heads, c // heads).transpose(1, 2) for i in range(parts)]
+
+
 def _prefix_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_prefix: int) -> torch.Tensor:
     """Dense attention of the prefix (global) queries over all tokens; ``q`` is pre-scaled."""
     qp = q[:, :, :num_prefix]
-    return (qp @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+    return _bmm(_bmm(qp, k.transpose(-2, -1)).softmax(dim=-1), v)
 
 
 def _blocks_with_prefix(
@@ -199,18 +222,20 @@ def _blocks_with_prefix(
     """
     b, h, nb, s, d = qb.shape
     t = kb.shape[-2]
-    scores = qb @ kb.transpose(-2, -1)
+    # Block products as rank-3 batched matmuls: a rank-5 matmul lowers to expand copies that
+    # ExecuTorch's XNNPACK partitioner leaves outside the delegate.
+    scores = (qb.reshape(-1, s, d) @ kb.reshape(-1, t, d).transpose(-2, -1)).reshape(b, h, nb, s, t)
     if mask is not None:
         scores = scores + mask
     if kp is not None and kp.shape[-2]:
         e = kp.shape[-2]
-        extra = (qb.reshape(b, h, nb * s, d) @ kp.transpose(-2, -1)).reshape(b, h, nb, s, e)
+        extra = _bmm(qb.reshape(b, h, nb * s, d), kp.transpose(-2, -1)).reshape(b, h, nb, s, e)
         scores = torch.cat([scores, extra], dim=-1)
     lse = _logsumexp(scores, -1)[..., 0] if with_lse else None
     attn = scores.softmax(dim=-1)
-    out = attn[..., :t] @ vb
+    out = (attn[..., :t].reshape(-1, s, t) @ vb.reshape(-1, t, d)).reshape(b, h, nb, s, d)
     if kp is not None and kp.shape[-2]:
-        out = out + (attn[..., t:].reshape(b, h, nb * s, -1) @ vp).reshape(b, h, nb, s, d)
+        out = out + _bmm(attn[..., t:].reshape(b, h, nb * s, -1), vp).reshape(b, h, nb, s, d)
     return out, lse
 
 
@@ -228,8 +253,8 @@ class FullAttention(TokenAttention):
     implementation = "softmax(Q K^T / sqrt(d)) V with explicit matmuls: O(N^2 d)"
 
     def attend(self, q, k, v):
-        attn = (q * self.scale) @ k.transpose(-2, -1)
-        return attn.softmax(dim=-1) @ v
+        attn = _bmm(q * self.scale, k.transpose(-2, -1))
+        return _bmm(attn.softmax(dim=-1), v)
 
 
 # ------------------------------------------------------------------------------------------
@@ -368,12 +393,15 @@ class StaticSparseAttention(TokenAttention):
         # Patterns are built on the CPU (they need values, which a meta build lacks) and moved.
         device = _default_device()
         key = self._cache_key()
-        if key not in _PATTERN_CACHE:
-            if len(_PATTERN_CACHE) > 64:
-                _PATTERN_CACHE.clear()
+        if key in _PATTERN_CACHE:
+            compiled = _PATTERN_CACHE[key]
+        else:
             with torch.device("cpu"):
-                _PATTERN_CACHE[key] = self._compile_uncached()
-        compiled = _PATTERN_CACHE[key]
+                compiled = self._compile_uncached()
+            if self.impl == "gather":  # small (O(N) indices); dense N x N masks are not kept
+                if len(_PATTERN_CACHE) > 64:
+                    _PATTERN_CACHE.clear()
+                _PATTERN_CACHE[key] = compiled
         for name, tensor in compiled.items():
             if name.startswith("_"):
                 setattr(self, name, tensor)
@@ -452,8 +480,8 @@ class StaticSparseAttention(TokenAttention):
     def attend(self, q, k, v):
         q = q * self.scale
         if self.impl == "masked":
-            attn = q @ k.transpose(-2, -1) + self.dense_mask
-            return attn.softmax(dim=-1) @ v
+            attn = _bmm(q, k.transpose(-2, -1)) + self.dense_mask
+            return _bmm(attn.softmax(dim=-1), v)
         b, h, n, d = q.shape
         nb, bs, nk = self.nb, self.bs, self.nk
         qb = q.reshape(b, h * n, d).index_select(1, self.q_index).reshape(b, h, nb, bs, d)
@@ -465,7 +493,7 @@ class StaticSparseAttention(TokenAttention):
         parts = [out.reshape(b, h * nb * bs, d)]
         if len(self.gq_index):
             qg = q.index_select(2, self.gq_index)
-            og = (qg @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+            og = _bmm(_bmm(qg, k.transpose(-2, -1)).softmax(dim=-1), v)
             parts.append(og.reshape(b, -1, d))
         return torch.cat(parts, dim=1).index_select(1, self.out_index).reshape(b, h, n, d)
 
@@ -724,16 +752,16 @@ class SparseStridedAttention(TokenAttention):
         qg = q[:, :, p:].reshape(b, h, gh, gw, d)
         kg = k[:, :, p:].reshape(b, h, gh, gw, d)
         vg = v[:, :, p:].reshape(b, h, gh, gw, d)
-        s_row = qg @ kg.transpose(-2, -1)  # (B, h, gh, gw, gw)
+        s_row = _bmm(qg, kg.transpose(-2, -1))  # (B, h, gh, gw, gw)
         kt, vt = kg.transpose(2, 3), vg.transpose(2, 3)  # (B, h, gw, gh, d)
-        s_col = (qg.transpose(2, 3) @ kt.transpose(-2, -1)).transpose(2, 3) + self.self_mask  # (B, h, gh, gw, gh)
+        s_col = _bmm(qg.transpose(2, 3), kt.transpose(-2, -1)).transpose(2, 3) + self.self_mask  # (.., gw, gh)
         parts = [s_row, s_col]
         if p:
-            parts.append((q[:, :, p:] @ k[:, :, :p].transpose(-2, -1)).reshape(b, h, gh, gw, p))
+            parts.append(_bmm(q[:, :, p:], k[:, :, :p].transpose(-2, -1)).reshape(b, h, gh, gw, p))
         attn = torch.cat(parts, dim=-1).softmax(dim=-1)
-        out = attn[..., :gw] @ vg + (attn[..., gw:gw + gh].transpose(2, 3) @ vt).transpose(2, 3)
+        out = _bmm(attn[..., :gw], vg) + _bmm(attn[..., gw:gw + gh].transpose(2, 3), vt).transpose(2, 3)
         if p:
-            out = out + (attn[..., gw + gh:].reshape(b, h, gh * gw, p) @ v[:, :, :p]).reshape(b, h, gh, gw, d)
+            out = out + _bmm(attn[..., gw + gh:].reshape(b, h, gh * gw, p), v[:, :, :p]).reshape(b, h, gh, gw, d)
         out = out.reshape(b, h, gh * gw, d)
         if p:
             out = torch.cat([_prefix_attend(q, k, v, p), out], dim=2)
@@ -779,8 +807,8 @@ class AxialAttention(TokenAttention):
         b, n, c = x.shape
         q, k, v = self.split_heads(x)
         rows = self._axis(q, k, v, columns=False).transpose(1, 2).reshape(b, n, c)
-        qkv = self.qkv2(rows).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return self.merge_heads(self._axis(qkv[0], qkv[1], qkv[2], columns=True))
+        q, k, v = _split_heads(self.qkv2(rows), 3, self.num_heads)
+        return self.merge_heads(self._axis(q, k, v, columns=True))
 
 
 # ------------------------------------------------------------------------------------------
@@ -821,14 +849,15 @@ class MemoryCompressedAttention(TokenAttention):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         h, d = self.num_heads, self.head_dim
-        q, k, v = self.qkv(x).reshape(b, n, 3, c).unbind(2)
+        y = self.qkv(x)
+        q, k, v = y[..., :c], y[..., c:2 * c], y[..., 2 * c:]
         k, v = self._compress(k, self.compress_k), self._compress(v, self.compress_v)
         m = k.shape[1]
         q = q.reshape(b, n, h, d).transpose(1, 2)
         k = k.reshape(b, m, h, d).transpose(1, 2)
         v = v.reshape(b, m, h, d).transpose(1, 2)
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        return self.merge_heads(attn @ v)
+        attn = _bmm(q * self.scale, k.transpose(-2, -1)).softmax(dim=-1)
+        return self.merge_heads(_bmm(attn, v))
 
 
 LINFORMER_SHARING = ("none", "headwise", "kv", "layerwise")
@@ -871,14 +900,14 @@ class LinformerAttention(TokenAttention):
 
     def attend(self, q, k, v):
         if self.sharing == "none":
-            k = k.transpose(-2, -1) @ self.e_heads  # (B, h, d, k)
-            v = (v.transpose(-2, -1) @ self.f_heads).transpose(-2, -1)  # (B, h, k, d)
+            k = _head_matmul(k.transpose(-2, -1), self.e_heads)  # (B, h, d, k)
+            v = _head_matmul(v.transpose(-2, -1), self.f_heads).transpose(-2, -1)  # (B, h, k, d)
         else:
             proj_v = self.proj_v if self.sharing == "headwise" else self.proj_k
             k = self.proj_k(k.transpose(-2, -1))  # (B, heads, d, k)
             v = proj_v(v.transpose(-2, -1)).transpose(-2, -1)  # (B, heads, k, d)
-        attn = (q * self.scale) @ k
-        return attn.softmax(dim=-1) @ v
+        attn = _bmm(q * self.scale, k)
+        return _bmm(attn.softmax(dim=-1), v)
 
 
 def share_projections_across_layers(model: nn.Module) -> int:
@@ -931,17 +960,21 @@ class NystromAttention(TokenAttention):
         z = a.transpose(-2, -1) / (col * row)
         eye = self.eye
         for _ in range(self.pinv_iterations):
-            az = a @ z
-            z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
+            az = _bmm(a, z)
+            z = 0.25 * _bmm(z, 13 * eye - _bmm(az, 15 * eye - _bmm(az, 7 * eye - az)))
         return z
+
+    def landmarks_of(self, x: torch.Tensor) -> torch.Tensor:
+        """Segment means (B, h, N, d) -> (B, h, m, d), as x^T A^T (a plain matrix product)."""
+        return (x.transpose(-2, -1) @ self.landmark_avg.T).transpose(-2, -1)
 
     def attend(self, q, k, v):
         q = q * self.scale
-        ql, kl = self.landmark_avg @ q, self.landmark_avg @ k  # (B, h, m, d)
-        k1 = (q @ kl.transpose(-2, -1)).softmax(dim=-1)
-        k2 = (ql @ kl.transpose(-2, -1)).softmax(dim=-1)
-        k3 = (ql @ k.transpose(-2, -1)).softmax(dim=-1)
-        out = k1 @ (self.pinv(k2) @ (k3 @ v))
+        ql, kl = self.landmarks_of(q), self.landmarks_of(k)  # (B, h, m, d)
+        k1 = _bmm(q, kl.transpose(-2, -1)).softmax(dim=-1)
+        k2 = _bmm(ql, kl.transpose(-2, -1)).softmax(dim=-1)
+        k3 = _bmm(ql, k.transpose(-2, -1)).softmax(dim=-1)
+        out = _bmm(k1, _bmm(self.pinv(k2), _bmm(k3, v)))
         if self.conv is not None:
             out = out + self.conv(v)
         return out
@@ -952,9 +985,9 @@ class NystromAttention(TokenAttention):
 
 
 def _linear_attend(qf: torch.Tensor, kf: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
-    kv = kf.transpose(-2, -1) @ v  # (B, h, f, d)
-    den = qf @ kf.sum(dim=-2, keepdim=True).transpose(-2, -1)  # (B, h, N, 1)
-    return (qf @ kv) / (den + eps)
+    kv = _bmm(kf.transpose(-2, -1), v)  # (B, h, f, d)
+    den = _bmm(qf, kf.sum(dim=-2, keepdim=True).transpose(-2, -1))  # (B, h, N, 1)
+    return _bmm(qf, kv) / (den + eps)
 
 
 class _KernelAttention(TokenAttention):
@@ -1139,14 +1172,15 @@ class ReformerAttention(TokenAttention):
         self.rotations.copy_(torch.randn(self.rotations.shape, generator=generator))
 
     def split_heads(self, x):
-        b, n, _ = x.shape
-        qv = self.qkv(x).reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, v = qv[0], qv[1]
+        q, v = _split_heads(self.qkv(x), 2, self.num_heads)
         return q, F.normalize(q, dim=-1), v
 
     def hash_buckets(self, kn: torch.Tensor) -> torch.Tensor:
         """Bucket of every patch key per hash round: (B, h, M, d) -> (B, h, r, M)."""
-        rot = kn.unsqueeze(2) @ self.rotations  # (B, h, r, M, nb/2)
+        b, h, m, d = kn.shape
+        r, half = self.hashes, self.buckets // 2
+        rot = _head_matmul(kn, self.rotations.permute(0, 2, 1, 3).reshape(h, d, r * half))  # (B, h, M, r*nb/2)
+        rot = rot.reshape(b, h, m, r, half).transpose(2, 3)  # (B, h, r, M, nb/2)
         return torch.cat([rot, -rot], dim=-1).argmax(dim=-1)
 
     def _look_back(self, x: torch.Tensor) -> torch.Tensor:
@@ -1243,8 +1277,8 @@ class SinkhornAttention(TokenAttention):
         kb = k[:, :, p:].reshape(b, h, nb, bs, d)
         vb = v[:, :, p:].reshape(b, h, nb, bs, d)
         perm = self.sort_matrix(kb)
-        ks = (perm @ kb.reshape(b, h, nb, bs * d)).reshape(b, h, nb, bs, d)
-        vs = (perm @ vb.reshape(b, h, nb, bs * d)).reshape(b, h, nb, bs, d)
+        ks = _bmm(perm, kb.reshape(b, h, nb, bs * d)).reshape(b, h, nb, bs, d)
+        vs = _bmm(perm, vb.reshape(b, h, nb, bs * d)).reshape(b, h, nb, bs, d)
         kp = k[:, :, :p] if p else None
         vp = v[:, :, :p] if p else None
         out, _ = _blocks_with_prefix(qb, torch.cat([kb, ks], dim=3), torch.cat([vb, vs], dim=3), kp, vp)
@@ -1313,8 +1347,9 @@ class RoutingAttention(TokenAttention):
         if self.training:
             self._update_centroids(qn, kn)
         cen = self.centroids.transpose(-2, -1)  # (h, d, k)
-        q_idx = (qn @ cen).transpose(-2, -1).topk(w, dim=-1).indices.reshape(b, h, kc * w)  # (B, h, k*w)
-        k_idx = (kn @ cen).transpose(-2, -1).topk(w, dim=-1).indices.reshape(b, h, kc * w)
+        # each centroid's w nearest queries and keys: (B, h, k*w)
+        q_idx = _head_matmul(qn, cen).transpose(-2, -1).topk(w, dim=-1).indices.reshape(b, h, kc * w)
+        k_idx = _head_matmul(kn, cen).transpose(-2, -1).topk(w, dim=-1).indices.reshape(b, h, kc * w)
         qb = _take(qs, q_idx).reshape(b, h, kc, w, d)
         kb = _take(ks, k_idx).reshape(b, h, kc, w, d)
         vb = _take(vs, k_idx).reshape(b, h, kc, w, d)
@@ -1366,9 +1401,9 @@ class SynthesizerDenseAttention(TokenAttention):
         b, n, c = x.shape
         h, d = self.num_heads, self.head_dim
         hid = F.relu(self.hidden(x)).reshape(b, n, h, d).transpose(1, 2)
-        attn = (hid @ self.w2 + self.b2).softmax(dim=-1)  # (B, h, N, N)
+        attn = (_head_matmul(hid, self.w2) + self.b2).softmax(dim=-1)  # (B, h, N, N)
         v = self.qkv(x).reshape(b, n, h, d).transpose(1, 2)
-        return self.merge_heads(attn @ v)
+        return self.merge_heads(_bmm(attn, v))
 
 
 @register_attention
@@ -1408,8 +1443,11 @@ class SynthesizerRandomAttention(TokenAttention):
 
     def forward(self, x):
         b, n, c = x.shape
-        v = self.qkv(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-        return self.merge_heads(self.weights() @ v)
+        v = self.qkv(x).reshape(b, n, self.num_heads, self.head_dim)  # (B, N, h, d)
+        # weights (h, N, N) @ v per head, the batch folded into the columns: one bmm, no broadcast
+        vh = v.permute(2, 1, 0, 3).reshape(self.num_heads, n, b * self.head_dim)
+        out = torch.bmm(self.weights(), vh).reshape(self.num_heads, n, b, self.head_dim)
+        return self.merge_heads(out.permute(2, 0, 1, 3))
 
 
 AttentionFactory = Callable[..., TokenAttention]

@@ -20,7 +20,7 @@ from edgevit.models.attention import get_attention, share_projections_across_lay
 from edgevit.models.labels import FASHION_MNIST_LABELS
 from edgevit.models.vit import EdgeViT
 
-__all__ = ["FIGURES", "FMNIST_ZOO_KWARGS", "TINY_ZOO_KWARGS", "ZOO_KIND", "zoo_vit"]
+__all__ = ["FIGURES", "FMNIST_ZOO_KWARGS", "SIZE_OPTIONS", "TINY_SIZE_OPTIONS", "TINY_ZOO_KWARGS", "ZOO_KIND", "zoo_vit"]
 
 FASHION_MEAN = (0.2860,)
 FASHION_STD = (0.3530,)
@@ -182,6 +182,10 @@ for _entry, _kwargs in TINY_ZOO_KWARGS.items():
         )
     )
 
+# Entries with weights trained on Fashion-MNIST shipped in models/weights/ (one per attention kind
+# besides the default vit_fmnist_tiny; see benchmarks/results/quantize.md).
+_TRAINED = ("linformer", "window")
+
 for _entry, _kwargs in FMNIST_ZOO_KWARGS.items():
     register_model(
         ModelSpec(
@@ -200,7 +204,90 @@ for _entry, _kwargs in FMNIST_ZOO_KWARGS.items():
             license="apache-2.0",
             params_m=FIGURES.get(f"vit_fmnist_{_entry}", (0.0, 0.0))[0],
             gmacs=FIGURES.get(f"vit_fmnist_{_entry}", (0.0, 0.0))[1],
-            description=f"Fashion-MNIST-scale zoo ViT (32 px, patch 4, 4 blocks), {_describe(_entry, _kwargs)}",
+            description=f"Fashion-MNIST-scale zoo ViT (32 px, patch 4, 4 blocks), {_describe(_entry, _kwargs)}"
+            + ("; ships with weights trained here (benchmarks/quantize.py train)" if _entry in _TRAINED else ""),
+            embedded_weights=f"vit_fmnist_{_entry}.safetensors" if _entry in _TRAINED else None,
             known_issues=_known_issues(_entry),
+        )
+    )
+
+# ------------------------------------------------------------------------------------------------
+# Size options (ALBERT, Lan et al. 2020): cross-layer parameter sharing and a factorized patch
+# embedding, on the full-attention zoo ViT at both scales (see models/vit.py).
+
+SIZE_OPTIONS: dict[str, dict[str, Any]] = {
+    "shared": {"share_layers": 1},
+    "factorized": {"embed_rank": 8},  # Fashion-MNIST scale: 4 x 4 x 1 = 16 patch pixels -> 8 -> 96
+}
+TINY_SIZE_OPTIONS: dict[str, dict[str, Any]] = {
+    "shared": {"share_layers": 1},
+    "factorized": {"embed_rank": 64},  # 16 x 16 x 3 = 768 patch pixels -> 64 -> 192
+}
+
+FIGURES.update({
+    "vit_fmnist_full_shared": (0.08372, 0.02212), "vit_fmnist_full_factorized": (0.3074, 0.02208),
+    "vit_tiny_full_shared": (0.8239, 1.254), "vit_tiny_full_factorized": (5.631, 1.237),
+})
+
+
+def _size_option_builder(scale: str, option: str):
+    def build(num_classes: int | None = None, pretrained: bool = False) -> EdgeViT:
+        if scale == "tiny":
+            return EdgeViT(attention="full", num_classes=1000 if num_classes is None else num_classes,
+                           **TINY_SIZE_OPTIONS[option])
+        return EdgeViT(
+            img_size=32, patch_size=4, in_chans=1,
+            num_classes=len(FASHION_MNIST_LABELS) if num_classes is None else num_classes,
+            embed_dim=96, depth=4, num_heads=3, mlp_ratio=2.0, attention="full", global_pool="avg",
+            **SIZE_OPTIONS[option],
+        )
+
+    return build
+
+
+def _describe_size(option: str, kwargs: Mapping[str, Any], depth: int) -> str:
+    if option == "shared":
+        return (f"full attention, ALBERT all-shared layers (share_layers={kwargs['share_layers']}: one block's "
+                f"parameters applied {depth} times)")
+    return (f"full attention, ALBERT-style factorized patch embedding (embed_rank={kwargs['embed_rank']}: "
+            "patch pixels -> rank -> width)")
+
+
+for _option, _kwargs in TINY_SIZE_OPTIONS.items():
+    register_model(
+        ModelSpec(
+            name=f"vit_tiny_full_{_option}",
+            family="edgevit-vit",
+            attention=ZOO_KIND["full"],
+            builder=_size_option_builder("tiny", _option),
+            source="edgevit",
+            license="apache-2.0",
+            params_m=FIGURES[f"vit_tiny_full_{_option}"][0],
+            gmacs=FIGURES[f"vit_tiny_full_{_option}"][1],
+            description=f"DeiT-Tiny geometry, {_describe_size(_option, _kwargs, 12)}",
+            known_issues=_known_issues("full"),
+        )
+    )
+
+for _option, _kwargs in SIZE_OPTIONS.items():
+    register_model(
+        ModelSpec(
+            name=f"vit_fmnist_full_{_option}",
+            family="edgevit-vit",
+            attention=ZOO_KIND["full"],
+            builder=_size_option_builder("fmnist", _option),
+            input_size=(32, 32),
+            color_mode="L",
+            mean=FASHION_MEAN,
+            std=FASHION_STD,
+            crop_pct=1.0,
+            interpolation="bilinear",
+            labels="fashion-mnist",
+            source="edgevit",
+            license="apache-2.0",
+            params_m=FIGURES[f"vit_fmnist_full_{_option}"][0],
+            gmacs=FIGURES[f"vit_fmnist_full_{_option}"][1],
+            description=f"Fashion-MNIST-scale zoo ViT (32 px, patch 4, 4 blocks), {_describe_size(_option, _kwargs, 4)}",
+            known_issues=_known_issues("full"),
         )
     )

@@ -428,7 +428,8 @@ def test_config_errors_before_any_work():
 
     coreml = get_converter("coreml")
     assert coreml.suffix == ".mlpackage" and coreml.runs_here is ON_MACOS
-    assert coreml.make_config("fp16").options == {"frontend": "export", "deployment_target": "iOS16", "fused_attention": True}
+    assert coreml.make_config("fp16").options == {"frontend": "export", "deployment_target": "iOS16", "fused_attention": True,
+                                                  "weights": "float"}
     with pytest.raises(ConfigError, match="fused_attention must be true or false"):
         coreml.make_config("fp16", {"fused_attention": "yes"})
     with pytest.raises(ConfigError, match="does not support precision 'int8-dynamic'"):

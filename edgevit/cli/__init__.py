@@ -27,7 +27,7 @@ from edgevit.errors import EdgeVitError
 __all__ = ["emit_json", "json_stdout_guard", "main", "print_table"]
 
 _ORDER = ["list", "info", "export", "predict", "verify", "bench", "profile", "eval", "train", "distill",
-          "prune", "report", "demo", "quickstart"]
+          "prune", "qat", "report", "demo", "quickstart"]
 
 
 def _commands() -> list[Any]:

@@ -55,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-limit", type=int, default=None, metavar="N", help="use the first N test images")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute the student's block activations in the backward pass (less memory, more compute)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
             augment=args.augment, seed=args.seed, out=args.out, resume=args.resume, force=args.force,
             train_limit=args.train_limit, test_limit=args.test_limit, threads=args.threads, device=args.device,
-            progress=progress_enabled(args), on_epoch_end=report,
+            grad_checkpointing=args.grad_checkpointing, progress=progress_enabled(args), on_epoch_end=report,
         )
     if args.json:
         emit_json(result.to_dict())

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+from pathlib import Path
 
 COMMAND = "export"
 HELP = "export a catalog model to tflite | executorch | coreml | onnx and verify it on real photos"
+DESCRIPTION = (
+    "Export a catalog model to a device artifact and verify it against the float model on real photos. "
+    "--weights FILE exports your own checkpoint (safetensors, or a torch file read with weights_only=True): "
+    "one written by `edgevit train`/`distill`, or a pruned model written by `edgevit prune` (its pruning "
+    "plan, in the file or the .json beside it, is applied so the pruned shapes are built; pass the base "
+    "model's name). The artifact's metadata records the weights file."
+)
 EXAMPLES = [
     "edgevit export mobilevit_xxs --target tflite --out out/",
     "edgevit export vit_fmnist_tiny --pretrained --target onnx --out out/ --json",
     "edgevit export deit_tiny_patch16_224 --target executorch --weights deit.safetensors --force",
+    "edgevit export vit_fmnist_tiny --weights runs/prune/vit_fmnist_tiny_pruned.safetensors --target tflite",
 ]
 
 
@@ -32,27 +43,121 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-record", action="store_true", help="do not store the result in the database")
 
 
+# ----------------------------------------------------------------------------------------------
+# --weights FILE: which model the checkpoint belongs to
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    if path.suffix != ".safetensors":
+        return {}
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # unreadable files are reported by the weights loader, with its own message
+        return {}
+
+
+def _pruning_record(path: Path) -> Path | None:
+    """The ``.json`` that `edgevit prune` writes beside its checkpoint, when it holds a plan."""
+    record = path.with_suffix(".json")
+    if record == path or not record.is_file():
+        return None
+    try:
+        doc = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(doc, dict) and isinstance(doc.get("plan"), dict) else None
+
+
+def resolve_weights_model(model: str, weights: str | os.PathLike | None) -> str:
+    """The catalog name to build for ``model`` with checkpoint ``weights``.
+
+    A checkpoint written by `edgevit prune` carries its pruning plan (safetensors metadata, or the
+    ``.json`` beside it); it is registered (:func:`edgevit.prune.register_pruned`) and the pruned
+    entry's name is returned, so the pruned shapes are built. ``model`` must then be the plan's
+    base model (or the pruned name itself). Any other checkpoint leaves ``model`` as it is.
+    """
+    from edgevit.errors import ConfigError, ModelError
+
+    if weights is None:
+        return model
+    path = Path(weights)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such weights file")
+    from edgevit.prune import METADATA_PLAN_KEY, _read_plan, register_pruned
+
+    # The plan travels in the safetensors metadata; the prune record (.json) beside the file
+    # holds it too, for weights saved in another form.
+    source = path if METADATA_PLAN_KEY in _safetensors_metadata(path) else _pruning_record(path)
+    if source is None:
+        return model
+    plan, saved_name = _read_plan(source)
+    if model not in (plan.base, saved_name):
+        raise ConfigError(
+            f"{path} is a pruned {plan.base} (written by `edgevit prune`, plan inside); export it with "
+            f"`edgevit export {plan.base} --weights {path}`"
+        )
+    # The registered entry builds the pruned shapes; export() loads the weights from ``path``.
+    return register_pruned(source, name=saved_name)
+
+
+def _not_fitting_hint(model: str, weights: str | os.PathLike) -> str:
+    """A suggestion for a checkpoint whose tensors do not fit ``model``."""
+    meta = _safetensors_metadata(Path(weights))
+    saved = meta.get("model")
+    if saved and saved != model:
+        from edgevit.models import list_models
+
+        if saved in list_models():
+            return f"; it was saved from {saved}: `edgevit export {saved} --weights {weights}`"
+        if meta.get("base"):
+            return f"; it was saved from {saved} (pruned from {meta['base']})"
+    if saved == model and meta.get("classes"):
+        from edgevit.models import get_spec
+
+        try:
+            n = len(json.loads(meta["classes"]))
+        except (ValueError, TypeError):
+            n = 0
+        own = len(get_spec(model).label_names())
+        if n and n != own:
+            return (f"; it was trained for {n} classes and {model}'s catalog head has {own}: exporting a "
+                    f"checkpoint with its own classifier head is not supported yet")
+    return (f". Pass the catalog model the checkpoint was trained as (`edgevit list`; a trained file's "
+            f".json names it), or, for a pruned model, the .safetensors written by `edgevit prune` "
+            f"(it carries the pruning plan) with its base model's name")
+
+
 def run(args: argparse.Namespace) -> int:
     from edgevit.cli import emit_json, json_stdout_guard
     from edgevit.cli._common import parse_options, print_export_result
     from edgevit.converters import export
+    from edgevit.errors import ModelError
 
     precision = args.precision or ("fp16" if args.target == "coreml" else "fp32")
     # Converter chatter goes to stderr; stdout carries only edgevit's own output.
     with json_stdout_guard(True):
-        result = export(
-            args.model,
-            target=args.target,
-            precision=precision,
-            out=args.out,
-            force=args.force,
-            pretrained=args.pretrained,
-            weights=args.weights,
-            calibration=args.calibration,
-            fused_input=args.fused_input,
-            verify=not args.no_verify,
-            options=parse_options(args.option),
-        )
+        model = resolve_weights_model(args.model, args.weights)
+        try:
+            result = export(
+                model,
+                target=args.target,
+                precision=precision,
+                out=args.out,
+                force=args.force,
+                pretrained=args.pretrained,
+                weights=args.weights,
+                calibration=args.calibration,
+                fused_input=args.fused_input,
+                verify=not args.no_verify,
+                options=parse_options(args.option),
+            )
+        except ModelError as exc:
+            if args.weights is None or "does not fit this model" not in str(exc):
+                raise
+            raise ModelError(f"{exc}{_not_fitting_hint(model, args.weights)}") from exc
     if not args.no_record:
         from edgevit.results import record_export
 
@@ -62,4 +167,3 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_export_result(result)
     return 0
-
