@@ -179,7 +179,7 @@ def register_converter(cls: C) -> C:
 
 
 _DISCOVERED = False
-_NOT_TARGETS = {"base", "export", "verify", "rewrites", "quantize", "tflite_delegation"}
+_NOT_TARGETS = {"base", "export", "verify", "rewrites", "quantize", "tflite_delegation", "onnx_fusion"}
 
 
 def _ensure_builtin() -> None:

@@ -151,7 +151,8 @@ def export(
     final = _resolve_out(out, default_artifact_name(spec.name, target, precision, converter.suffix))
     if final.exists() and not force:
         raise OutputExistsError(final)
-    if not final.parent.exists():
+    created = [d for d in (final.parent, *final.parent.parents) if not d.exists()]  # innermost first
+    if created:
         try:
             final.parent.mkdir(parents=True)
         except OSError as exc:
@@ -161,18 +162,41 @@ def export(
     if not os.access(final.parent, os.W_OK):
         raise ConfigError(f"output folder {final.parent} is not writable; choose another with --out")
 
-    with _CancelOnInterrupt() as cancel:
-        return _export(model, spec, target, precision, converter, config, final, cancel, force=force,
-                       pretrained=pretrained, weights=weights, verify=verify, verify_images=verify_images)
+    try:
+        with _CancelOnInterrupt() as cancel:
+            return _export(model, spec, target, precision, converter, config, final, cancel, force=force,
+                           pretrained=pretrained, weights=weights, verify=verify, verify_images=verify_images)
+    except BaseException:
+        for folder in created:  # a failed export leaves no folder it made behind (only if still empty)
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def _export(model, spec, target, precision, converter, config, final, cancel, *, force, pretrained, weights,
             verify, verify_images) -> ExportResult:
     from edgevit.models import create_model
 
-    float_model = create_model(model, pretrained=pretrained, weights=weights)
+    from edgevit.models.weights import checkpoint_classes
+
+    # A checkpoint from `edgevit train` on another label set carries its classes: the model gets
+    # a head of that size and the artifact those labels.
+    classes = checkpoint_classes(weights) if weights is not None else None
+    if classes is not None and len(classes) != len(spec.label_names()):
+        if pretrained:
+            raise ConfigError("pass either pretrained=True or weights=FILE, not both")
+        float_model = create_model(model, num_classes=len(classes))
+        from edgevit.models.weights import load_weights
+
+        load_weights(float_model, weights)
+        float_model.edgevit_weights = str(weights)
+    else:
+        float_model = create_model(model, pretrained=pretrained, weights=weights)
+    labels = classes if classes is not None else spec.label_names()
     weights_tag = float_model.edgevit_weights
-    metadata = build_metadata(spec, target, precision, spec.label_names(), weights_tag, config.fused_input)
+    metadata = build_metadata(spec, target, precision, labels, weights_tag, config.fused_input)
     cancel.check()
 
     start = time.perf_counter()
@@ -204,7 +228,7 @@ def _export(model, spec, target, precision, converter, config, final, cancel, *,
         seconds = time.perf_counter() - start
         report = None
         if verify:
-            reference = build_metadata(spec, target, precision, spec.label_names(), weights_tag)
+            reference = build_metadata(spec, target, precision, labels, weights_tag)
             report = _verify(converter, tmp, float_model, spec, precision, verify_images, reference)
             if report.ran and not report.passed:
                 raise VerificationError(

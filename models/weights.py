@@ -78,3 +78,27 @@ def save_weights(model_or_state, path: str | os.PathLike, metadata: Mapping[str,
     state = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else model_or_state
     state = {k: v.detach().contiguous().clone() for k, v in state.items()}
     save_file(state, str(path), metadata=dict(metadata or {}))
+
+
+def checkpoint_classes(path: str | os.PathLike) -> tuple[str, ...] | None:
+    """The class names a checkpoint was trained for (``edgevit train`` writes them into the
+    safetensors metadata as ``classes``), or None when the file does not say."""
+    import json
+
+    p = Path(path)
+    if p.suffix != ".safetensors" or not p.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="numpy") as f:
+            raw = (f.metadata() or {}).get("classes")
+    except Exception:  # unreadable files are reported by load_weights with a clear error
+        return None
+    try:
+        classes = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        return None
+    return tuple(classes)

@@ -976,3 +976,31 @@ def test_ctrl_c_during_export_cli_exits_130_and_leaves_nothing(tmp_path):
     assert proc.returncode == 130, err[-3000:]
     assert "Interrupted." in err and "Traceback" not in err
     assert not out.exists() or list(out.iterdir()) == [], list(out.iterdir())
+
+
+def test_failed_export_leaves_no_folder_it_created(tmp_path):
+    from edgevit.converters import export
+    from edgevit.errors import EdgeVitError
+
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a weights file")
+    with pytest.raises(EdgeVitError, match="not a valid safetensors file"):
+        export("vit_fmnist_tiny", "onnx", out=tmp_path / "new" / "nested", weights=bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.safetensors"]
+
+
+def test_export_of_a_checkpoint_trained_on_other_classes_uses_its_head_and_labels(tmp_path):
+    """`edgevit train MODEL --data FOLDER` writes the class names into the checkpoint; exporting it
+    builds a head of that size and puts those labels in the artifact."""
+    from edgevit.converters import export
+    from edgevit.models import create_model
+    from edgevit.models.weights import save_weights
+
+    classes = ["cat", "dog", "bird"]
+    ckpt = tmp_path / "mine.safetensors"
+    save_weights(create_model("vit_fmnist_tiny", num_classes=3), ckpt,
+                 metadata={"model": "vit_fmnist_tiny", "classes": json.dumps(classes)})
+    result = export("vit_fmnist_tiny", "onnx", out=tmp_path, weights=ckpt)
+    assert result.verification.ran and result.verification.passed
+    runtime = load(result.path)
+    assert list(runtime.metadata.labels) == classes

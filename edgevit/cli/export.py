@@ -114,17 +114,6 @@ def _not_fitting_hint(model: str, weights: str | os.PathLike) -> str:
             return f"; it was saved from {saved}: `edgevit export {saved} --weights {weights}`"
         if meta.get("base"):
             return f"; it was saved from {saved} (pruned from {meta['base']})"
-    if saved == model and meta.get("classes"):
-        from edgevit.models import get_spec
-
-        try:
-            n = len(json.loads(meta["classes"]))
-        except (ValueError, TypeError):
-            n = 0
-        own = len(get_spec(model).label_names())
-        if n and n != own:
-            return (f"; it was trained for {n} classes and {model}'s catalog head has {own}: exporting a "
-                    f"checkpoint with its own classifier head is not supported yet")
     return (f". Pass the catalog model the checkpoint was trained as (`edgevit list`; a trained file's "
             f".json names it), or, for a pruned model, the .safetensors written by `edgevit prune` "
             f"(it carries the pruning plan) with its base model's name")
