@@ -24,6 +24,18 @@ def test_list_table_and_json(capsys):
     assert data and all(d["attention"] == "windowed" for d in data)
 
 
+def test_list_attention_without_kind_lists_the_zoo(capsys):
+    from edgevit.models.attention import attention_names
+
+    assert main(["list", "--attention", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sorted(r["name"] for r in rows) == sorted(attention_names())
+    by_name = {r["name"]: r for r in rows}
+    assert "vit_tiny_linformer" in by_name["linformer"]["models"]
+    assert "vit_tiny_relu_linear" not in by_name["linear"]["models"]
+    assert by_name["reformer"]["static_indices"] is False
+
+
 def test_info_json(capsys):
     assert main(["info", "deit_tiny_patch16_224", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
