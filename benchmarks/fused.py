@@ -16,6 +16,15 @@ on a shared machine wall time mostly measures the scheduler, CPU time the work e
                                                                  # their export reported), reuse them
     python benchmarks/fused.py --json results.json               # also write the raw numbers
 
+``--ort-fusion`` (ONNX only) compares three artifacts of each ViT: plain (``rewrite`` off), the
+default (``rewrite`` on) and ONNX Runtime's own transformer fusions
+(:mod:`edgevit.converters.onnx_fusion`: attention exported in the form ONNX Runtime recognises,
+then ``optimize_model(model_type="vit")`` into com.microsoft contrib ops), all three from one
+weights file with non-zero biases (random init has all-zero biases, which the exporter merges
+into shared initializers), and verifies the fused one against the float model on real photos:
+
+    python benchmarks/fused.py --ort-fusion --models deit_tiny_patch16_224 vit_tiny_full --runs 20
+
 ``--fused-input`` adds the fused input stage: camera-frame (decoded RGB, uint8) to logits, with the
 artifact's own preprocessing (resize, normalise, NCHW) vs a fused-input artifact fed the resized
 uint8 frame directly. Prints Markdown.
@@ -66,11 +75,12 @@ def _stdout_to_stderr():
         os.close(saved)
 
 
-def _export(model: str, target: str, rewrite: bool, out: Path, reuse: bool, fused_input: bool = False) -> dict[str, Any]:
+def _export(model: str, target: str, rewrite: bool, out: Path, reuse: bool, fused_input: bool = False,
+            bench_weights: bool = False) -> dict[str, Any]:
     from edgevit.converters import export, get_converter
 
     converter = get_converter(target)
-    tag = ("fused" if rewrite else "plain") + ("-frames" if fused_input else "")
+    tag = ("fused" if rewrite else "plain") + ("-frames" if fused_input else "") + ("-w" if bench_weights else "")
     path = out / f"{model}_{target}_{tag}{converter.suffix}"
     record: dict[str, Any] = {"path": str(path), "rewrite": rewrite}
     sidecar = path.with_name(path.name + ".json")  # what only the export knew (delegation, parity)
@@ -85,7 +95,8 @@ def _export(model: str, target: str, rewrite: bool, out: Path, reuse: bool, fuse
 
         torch.manual_seed(0)  # plain and fused artifacts of a model carry the same random weights
         with _stdout_to_stderr():  # converters print progress; stdout carries the table only
-            result = export(model, target, out=path, force=True, options=options, fused_input=fused_input)
+            result = export(model, target, out=path, force=True, options=options, fused_input=fused_input,
+                            weights=_bench_weights(model, out) if bench_weights else None)
         record["export_s"] = round(result.seconds, 1)
         if result.verification is not None and result.verification.ran:
             record["max_abs_diff"] = result.verification.to_dict().get("max_abs_diff")
@@ -180,6 +191,131 @@ def _time_frames(plain: str, fused: str, threads: int, warmup: int, runs: int) -
     }
 
 
+def _bench_weights(model: str, out: Path) -> Path:
+    """A seeded weights file for ``model`` with non-zero biases, LayerNorm affine and a head scaled
+    to logits of ImageNet-trained magnitude (about 10): closer to trained weights than random init."""
+    import torch
+
+    from edgevit.models import create_model
+    from edgevit.models.weights import save_weights
+
+    path = out / f"{model}_bench.safetensors"
+    if path.exists():
+        return path
+    torch.manual_seed(0)
+    net = create_model(model)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("bias"):
+                p.add_(0.02 * torch.randn(p.shape, generator=g))
+            elif p.dim() == 1 and not p.any():
+                # zero-initialised scales (LeViT's last BatchNorm of each residual branch): a
+                # converter may fold such a branch away entirely, which trained weights never allow
+                p.copy_(0.5 + 0.1 * torch.randn(p.shape, generator=g))
+            elif p.dim() == 1 and "norm" in name:
+                p.mul_(1 + 0.1 * torch.randn(p.shape, generator=g))
+        head = net.get_classifier() if hasattr(net, "get_classifier") else getattr(net, "head", None)
+        if isinstance(head, torch.nn.Linear):
+            head.weight.mul_(20.0)
+    save_weights(net, path)
+    return path
+
+
+def _ort_fusion_row(model: str, out: Path, reuse: bool, threads: int, warmup: int, runs: int) -> dict[str, Any]:
+    """Plain vs default (rewrite) vs ONNX Runtime-fused ONNX artifacts of one model."""
+    from unittest import mock
+
+    import torch
+
+    from edgevit.converters import export
+    from edgevit.converters.onnx import ONNXConverter, _warm_attention_bias_caches
+    from edgevit.converters.onnx_fusion import fuse_for_onnxruntime, prepare_for_ort_fusion, write_onnx
+    from edgevit.converters.rewrites import EdgeRewriteConfig, rewrite_for_target
+    from edgevit.converters.verify import verify_runtime
+    from edgevit.models import create_model, get_spec
+    from edgevit.runtimes import load
+    from edgevit.samples import sample_images
+
+    weights = _bench_weights(model, out)
+    row: dict[str, Any] = {"model": model, "runtime": "onnx", "weights": weights.name}
+    paths = {k: out / f"{model}_onnx_{k}.onnx" for k in ("plain", "default", "ortform", "ort")}
+
+    def ort_prepare(self, net, config):  # what --option ort_fusion=true does in the ONNX converter
+        row["prepare"] = prepare_for_ort_fusion(net)
+        _warm_attention_bias_caches(net)
+        return rewrite_for_target(net, config, EdgeRewriteConfig(attention="keep", layer_norm="keep", linear_2d=False))
+
+    for key, rewrite in (("plain", False), ("default", True), ("ortform", True)):
+        if reuse and paths[key].exists():
+            continue
+        with _stdout_to_stderr(), contextlib.ExitStack() as stack:
+            if key == "ortform":
+                stack.enter_context(mock.patch.object(ONNXConverter, "prepare", ort_prepare))
+            result = export(model, "onnx", out=paths[key], force=True, weights=weights, options={"rewrite": rewrite})
+        row[f"{key}_export"] = {"seconds": round(result.seconds, 1), "verification": result.verification.summary()}
+    fused, report = fuse_for_onnxruntime(paths["ortform"], create_model(model, weights=weights), get_spec(model))
+    write_onnx(fused, paths["ort"])
+    row["fusion"] = report.to_dict()
+    rt = load(paths["ort"])
+    row["metadata_kept"] = rt.metadata.model == model and "onnxruntime_fusion" in rt.metadata.extra
+    reference = create_model(model, weights=weights).eval()
+    row["verification"] = verify_runtime(rt, reference, sample_images(get_spec(model).labels), "fp32").to_dict()
+    del rt
+    row["bytes"] = {k: p.stat().st_size for k, p in paths.items() if k != "ortform"}
+    order = ("plain", "default", "ort")
+    sessions = [load(paths[k], threads=threads) for k in order]
+    x = np.random.default_rng(0).standard_normal(sessions[0].metadata.input_shape(1)).astype(np.float32)
+    row["max_abs_diff_vs_plain"] = {k: float(np.abs(s.run(x) - sessions[0].run(x)).max()) for k, s in zip(order, sessions)}
+    wall = _interleaved([lambda s=s: s.run(x) for s in sessions], warmup, runs)
+    del sessions
+    sessions = [load(paths[k], threads=1) for k in order]
+    cpu = _interleaved([lambda s=s: s.run(x) for s in sessions], 2, max(20, runs // 2), clock=time.process_time)
+    del sessions
+    row["timing"] = {
+        "runs": runs,
+        "wall": {k: _stats(t) for k, t in zip(order, wall)},
+        "cpu_1thread": {k: _stats(t) for k, t in zip(order, cpu)},
+        "ort_vs_plain_paired": statistics.median(a / b for a, b in zip(wall[0], wall[2])),
+        "ort_vs_default_paired": statistics.median(a / b for a, b in zip(wall[1], wall[2])),
+        "default_vs_plain_paired": statistics.median(a / b for a, b in zip(wall[0], wall[1])),
+        "cpu_ort_vs_plain": statistics.median(cpu[0]) / statistics.median(cpu[2]),
+        "cpu_ort_vs_default": statistics.median(cpu[1]) / statistics.median(cpu[2]),
+        "cpu_default_vs_plain": statistics.median(cpu[0]) / statistics.median(cpu[1]),
+    }
+    return row
+
+
+def markdown_ort(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
+    lines = [
+        f"ONNX Runtime fusion (com.microsoft contrib ops) vs default (rewrite on) vs plain (rewrite off), onnxruntime "
+        f"CPU, {header['threads']} threads, batch 1, fp32, median of {header['runs']} interleaved runs after "
+        f"{header['warmup']} warm-up; load average at start {header['load_start']}, at end {header['load_end']}.",
+        "",
+        "| model | plain ms | default ms | ORT-fused ms | ORT-fused vs plain (paired) | vs default (paired) | "
+        "1-thread CPU ms plain / default / ORT-fused | fused ops | parity on real photos (fp32 tolerance) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | - | - | - | - | - | - | - | error: {r['error'][:160]} |")
+            continue
+        t, w, c = r["timing"], r["timing"]["wall"], r["timing"]["cpu_1thread"]
+        f = r["fusion"]
+        ops = ", ".join(f"{k} {v}" for k, v in f["fused_ops"].items()) if f["applied"] else f"not applied: {f['reason']}"
+        v = r["verification"]
+        parity = (f"{'PASS' if v['passed'] else 'FAIL'}: {v['n_images']} photos, top-1 {v['top1_agreement']:.0%}, "
+                  f"cos min {v['cosine_min']:.6f}, max abs {v['max_abs_diff']:.2g} (max logit {v['max_abs_logit']:.3g})")
+        lines.append(
+            f"| {r['model']} | {w['plain']['median_ms']:.1f} | {w['default']['median_ms']:.1f} | {w['ort']['median_ms']:.1f} | "
+            f"{w['plain']['median_ms'] / w['ort']['median_ms']:.2f}x ({t['ort_vs_plain_paired']:.2f}x) | "
+            f"{w['default']['median_ms'] / w['ort']['median_ms']:.2f}x ({t['ort_vs_default_paired']:.2f}x) | "
+            f"{c['plain']['median_ms']:.1f} / {c['default']['median_ms']:.1f} / {c['ort']['median_ms']:.1f} "
+            f"({t['cpu_ort_vs_plain']:.2f}x, {t['cpu_ort_vs_default']:.2f}x) | {ops} | {parity} |"
+        )
+    return "\n".join(lines)
+
+
 def _share(record: dict[str, Any]) -> str:
     d = record.get("delegation")
     if not d:
@@ -246,6 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fused-input", action="store_true", help="also time the fused input stage")
     ap.add_argument("--no-cpu-time", action="store_true", help="skip the 1-thread CPU-time comparison")
     ap.add_argument("--json", type=Path, default=None, help="write the raw results here")
+    ap.add_argument("--bench-weights", action="store_true",
+                    help="export from a seeded weights file with no zero biases/scales (see _bench_weights) "
+                         "instead of random init, whose zero-initialised residual branches a converter may drop")
+    ap.add_argument("--ort-fusion", action="store_true",
+                    help="ONNX only: plain vs default vs ONNX Runtime-fused (contrib ops) artifacts of ViT models")
     args = ap.parse_args(argv)
     if args.runs < 20:
         ap.error("--runs must be at least 20")
@@ -257,17 +398,36 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="edgevit-fused-")
         args.out = Path(tmp.name)
     args.out.mkdir(parents=True, exist_ok=True)
-    header = {"threads": args.threads, "runs": args.runs, "warmup": args.warmup, "load_start": _load_average()}
+    header = {"threads": args.threads, "runs": args.runs, "warmup": args.warmup, "load_start": _load_average(),
+              "weights": "bench (no zero biases/scales)" if args.bench_weights else "random init (seed 0)"}
     rows: list[dict[str, Any]] = []
     frames: list[dict[str, Any]] = []
+    if args.ort_fusion:
+        for model in args.models:
+            try:
+                row = _ort_fusion_row(model, args.out, args.reuse, args.threads, args.warmup, args.runs)
+            except Exception as exc:  # one failure must not stop the table; it is printed in it
+                row = {"model": model, "runtime": "onnx",
+                       "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+            rows.append(row)
+            print(f"# {model}: " + (f"{row['timing']['ort_vs_plain_paired']:.2f}x vs plain, "
+                  f"{row['timing']['ort_vs_default_paired']:.2f}x vs default" if "timing" in row else row["error"]),
+                  file=sys.stderr, flush=True)
+        header["load_end"] = _load_average()
+        print(markdown_ort(rows, header))
+        if args.json:
+            args.json.write_text(json.dumps({"header": header, "ort_fusion": rows}, indent=1, default=str) + "\n")
+        if tmp is not None:
+            tmp.cleanup()
+        return 0
     for model in args.models:
         for runtime in args.runtimes:
             row: dict[str, Any] = {"model": model, "runtime": runtime}
             try:
                 if "rewrite" not in get_converter(runtime).options:
                     raise RuntimeError(f"target {runtime} has no rewrite option yet")
-                row["plain"] = _export(model, runtime, False, args.out, args.reuse)
-                row["fused"] = _export(model, runtime, True, args.out, args.reuse)
+                row["plain"] = _export(model, runtime, False, args.out, args.reuse, bench_weights=args.bench_weights)
+                row["fused"] = _export(model, runtime, True, args.out, args.reuse, bench_weights=args.bench_weights)
                 row["timing"] = _time_pair(row["plain"]["path"], row["fused"]["path"], args.threads, args.warmup, args.runs,
                                            not args.no_cpu_time)
             except Exception as exc:  # one failure must not stop the table; it is printed in it

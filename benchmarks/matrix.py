@@ -60,6 +60,16 @@ def run_one(model: str, target: str, timeout: int) -> dict:
     return {"status": "failed", "op": None, "error": f"exit {proc.returncode}: {' | '.join(tail)[:400]}"}
 
 
+def _record(path: Path, model: str, target: str, result: dict) -> None:
+    """Merge one result into ``path`` (re-read each time: other runs may be updating it too)."""
+    data = json.loads(path.read_text()) if path.is_file() else {"results": {}}
+    data.setdefault("results", {}).setdefault(model, {})[target] = result
+    data["generated_by"] = "python benchmarks/matrix.py"
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
 def main() -> int:
     from edgevit.converters import available_targets
     from edgevit.models import list_models
@@ -70,6 +80,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=int, default=900, help="seconds per export")
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="do not update models/support.json")
+    ap.add_argument("--support", type=Path, default=SUPPORT, help="results file to update (default models/support.json)")
     args = ap.parse_args()
 
     models = [m for m in list_models(builtin_only=True) if any(fnmatch.fnmatch(m, g) for g in args.models.split(","))]
@@ -77,20 +88,16 @@ def main() -> int:
     if args.dry_run:
         print(f"{len(models)} models x {len(targets)} targets: {models} {targets}")
         return 0
-    data = json.loads(SUPPORT.read_text()) if SUPPORT.is_file() else {"results": {}}
-    results = data.setdefault("results", {})
     for model in models:
         for target in targets:
             r = run_one(model, target, args.timeout)
             r["date"] = dt.date.today().isoformat()
-            results.setdefault(model, {})[target] = r
             extra = r.get("error", "") if r["status"] == "failed" else (
                 f"{r['seconds']:.1f} s, {r['bytes'] / 1e6:.2f} MB, cos {r.get('cosine_min')}, "
                 f"maxdiff {r.get('max_abs_diff')}, delegated {r.get('delegated_share')}")
             print(f"{model:34s} {target:11s} {r['status']:10s} {extra}", flush=True)
             if not args.no_write:
-                data["generated_by"] = "python benchmarks/matrix.py"
-                SUPPORT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+                _record(args.support, model, target, r)
     return 0
 
 

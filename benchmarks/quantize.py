@@ -483,6 +483,13 @@ def _render_accuracy(acc: dict) -> list[str]:
                 x = r.get(v) or {}
                 if "error" in x:
                     notes.append(f"- {model} / {target} / {v}: {x['error'][:300]}")
+                need = 0.995 if v == "fp16" else 0.98
+                if "photos" in x and x["photos"]["top1_agreement"] < need:
+                    ph = x["photos"]
+                    flips = round((1 - ph["top1_agreement"]) * ph["images"])
+                    notes.append(f"- {model} / {target} / {v}: top-1 agreement on the photos {ph['top1_agreement']:.1%} "
+                                 f"< {need:.1%}: {flips} of {ph['images']} photos change class (logit cosine min "
+                                 f"{ph['cosine_min']:.4f})")
                 for m in x.get("missed") or []:
                     notes.append(f"- {model} / {target} / {v}: max_drop={m['max_drop']} not met: {m['error'][:500]}")
             by_design = aware.get("float_by_design") if isinstance(aware, dict) else None

@@ -414,7 +414,9 @@ def _quantize_pt2e(model: torch.nn.Module, example: torch.Tensor, metadata: Arti
 
         def quantize(exclude: frozenset = frozenset(), naive: bool = False) -> Any:
             quantizer = Quantizer().set_global(_xnnpack_config(dynamic, global_range=not naive))
-            if exclude:
+            if dynamic:  # XNNPACK's dynamic int8 is for linear layers; dynamic convs fail to lower (MobileViT)
+                quantizer.set_filter_function(lambda n: n.op == "call_function" and _op_name(n.target) == "aten.linear")
+            elif exclude:
                 quantizer.set_filter_function(lambda n: n.name not in exclude)
             prepared = prepare_pt2e(copy.deepcopy(graph), quantizer)
             _forward_all(prepared, example.detach().numpy() if dynamic else calib.inputs, batched)

@@ -55,13 +55,15 @@ class ONNXConverter(Converter):
     """torch.onnx dynamo export at a stated opset; runs on onnxruntime (CPU execution provider).
 
     Options: ``opset`` (18..23, default 18: torchlib's native opset, no version conversion),
-    ``dynamic_batch`` (default True: the batch dimension is symbolic ``batch``).
+    ``dynamic_batch`` (default True: the batch dimension is symbolic ``batch``), ``ort_fusion``
+    (default False, fp32 only: ONNX Runtime's transformer fusions into com.microsoft contrib ops,
+    see :mod:`edgevit.converters.onnx_fusion`; the file then runs on onnxruntime only).
     """
 
     name = "onnx"
     suffix = ".onnx"
     precisions = ("fp32", "fp16", "int8-dynamic", "int8")
-    options = {"opset": 18, "dynamic_batch": True, "rewrite": True, **QUANT_OPTIONS}
+    options = {"opset": 18, "dynamic_batch": True, "rewrite": True, "ort_fusion": False, **QUANT_OPTIONS}
     requires = ("onnx", "onnxruntime", "onnxscript")
     extra = "export"
     runtime = "onnx"
@@ -77,6 +79,13 @@ class ONNXConverter(Converter):
         from edgevit.converters.rewrites import EdgeRewriteConfig, rewrite_for_target
 
         _warm_attention_bias_caches(model)
+        if config.options["ort_fusion"]:
+            # Attention in the form ONNX Runtime's optimizer fuses; the edge attention and Gemm
+            # rewrites would hide it from the matcher (convert() runs the fusion itself).
+            from edgevit.converters.onnx_fusion import prepare_for_ort_fusion
+
+            model.edgevit_ort_fusion = prepare_for_ort_fusion(model)
+            return rewrite_for_target(model, config, EdgeRewriteConfig(attention="keep", layer_norm="keep"))
         return rewrite_for_target(model, config, EdgeRewriteConfig(layer_norm="keep", linear_2d=True))
 
     def make_config(self, precision="fp32", options=None, calibration=None, fused_input=False) -> ExportConfig:
@@ -90,6 +99,13 @@ class ONNXConverter(Converter):
         dynamic = config.options["dynamic_batch"]
         if not isinstance(dynamic, bool):
             raise ConfigError(f"onnx option dynamic_batch must be true or false, got {dynamic!r}")
+        fusion = config.options["ort_fusion"]
+        if not isinstance(fusion, bool):
+            raise ConfigError(f"onnx option ort_fusion must be true or false, got {fusion!r}")
+        if fusion and config.precision != "fp32":
+            raise ConfigError(
+                f"onnx option ort_fusion is for fp32 exports; drop it or use --precision fp32 (got {config.precision})"
+            )
         return config
 
     def convert(
@@ -138,6 +154,15 @@ class ONNXConverter(Converter):
             raise ConversionError("torch.onnx.export returned no ONNX program")
 
         proto = program.model_proto
+        fusion_warnings, fusion = [], None
+        if config.options["ort_fusion"]:
+            from edgevit.converters.onnx_fusion import METADATA_EXTRA_KEY, fuse_for_onnxruntime
+
+            proto, fusion = fuse_for_onnxruntime(proto, model)
+            if fusion.applied:
+                metadata = metadata.replace(extra={**metadata.extra, METADATA_EXTRA_KEY: fusion.metadata_entry()})
+            if not fusion.applied or fusion.reason:
+                fusion_warnings.append(f"ort_fusion: {fusion.summary()}{'; ' + fusion.reason if fusion.applied else ''}")
         section, quant_warnings, float_bytes = None, [], proto.ByteSize()
         if config.precision != "fp32":  # onnxruntime's quantization tools on the float graph
             with torch_threads(1):
@@ -175,12 +200,14 @@ class ONNXConverter(Converter):
             "op_types": dict(ops.most_common()),
             "initializers": len(proto.graph.initializer),
         }
+        if fusion is not None:
+            details["onnxruntime_fusion"] = fusion.to_dict()
         if section is not None:
             add_size_and_latency(section, float_bytes if section.pop("_compare_fp32", False) else None,
                                  path.stat().st_size, section.pop("_latency", None))
             details["quantization"] = section
             details["quantization_summary"] = summary_lines(section)
-        return ConvertOutput(warnings=_relevant(caught) + quant_warnings, details=details)
+        return ConvertOutput(warnings=_relevant(caught) + fusion_warnings + quant_warnings, details=details)
 
     def structure(self, path: Path) -> dict[str, Any]:
         """Inputs, outputs, opset, op counts and metadata keys of a written ``.onnx`` file."""

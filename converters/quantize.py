@@ -35,6 +35,8 @@ search cannot meet is an error naming the numbers and the options, never a silen
 
 from __future__ import annotations
 
+import re
+
 import contextlib
 import io
 import math
@@ -173,7 +175,11 @@ class OpGroup:
 def role_of_module(cls_name: str) -> str | None:
     """The role every op inside a module of this class plays, if the class decides it."""
     name = cls_name.rsplit(".", 1)[-1].lower()
-    if "norm" in name:  # LayerNorm, LayerNorm2d, GroupNorm, BatchNorm, RMSNorm
+    # LayerNorm, LayerNorm2d, GroupNorm, BatchNorm(Act)2d, RMSNorm; not composites that merely
+    # contain a norm (timm's ConvNormAct: its convolution is a linear layer, and int8's bulk)
+    # (edgevit's LinearMeanLayerNorm / ConvMeanLayerNorm2d are norms: the name ends in one)
+    if re.search(r"(layer|batch|group|rms|instance)norm(act)?(\d+d)?$", name) or (
+            "norm" in name and not any(w in name for w in ("conv", "linear", "block", "attn", "attention", "mlp"))):
         return "norm"
     if name in ("softmax",):
         return "softmax"

@@ -894,6 +894,24 @@ class RowsLinear(nn.Module):
             return self.linear(x)
         return self.linear(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], self.linear.out_features)
 
+    # Models that read their linear layers' parameters directly (timm's SwinV2 builds the qkv bias
+    # from ``qkv.bias`` pieces and calls ``F.linear(x, qkv.weight, bias)``) see the wrapped ones.
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.linear.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.linear.bias
+
+    @property
+    def in_features(self) -> int:
+        return self.linear.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.linear.out_features
+
 
 # ------------------------------------------------------------------------------------------------
 # Converter hook

@@ -62,6 +62,7 @@ BENCH_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("cold_start_ms", "cold start ms", "{:.0f}"),
     ("median_ms", "median ms", "{:.2f}"),
     ("p90_ms", "p90 ms", "{:.2f}"),
+    ("speedup_vs_torch", "vs torch", "{:.2f}x"),
     ("throughput", "img/s", "{:.1f}"),
     ("peak_rss_mb", "peak RSS MB", "{:.1f}"),
     ("rss_delta_mb", "RSS delta MB", "{:.1f}"),
@@ -371,6 +372,7 @@ def bench(
     artifacts: Sequence[str | os.PathLike] = (),
     *,
     torch_models: Sequence[str] = (),
+    torch_pretrained: bool = False,
     threads: int = 2,
     warmup: int = 5,
     runs: int = 20,
@@ -385,6 +387,11 @@ def bench(
     throughput (images/s at batch 1), load and cold-start times, peak RSS, artifact size, GMACs
     and efficiency (share of the GEMM peak). With ``memory_baseline`` every ``.tflite`` artifact
     is also run once by the bare ai-edge-litert interpreter for the memory target.
+    ``torch_pretrained`` builds the torch eager models with their catalog weights (latency does not
+    depend on it; the top-1 of the eager row then matches the artifacts exported with weights).
+    Every row of a model that also has a torch eager row gets ``speedup_vs_torch`` (eager median /
+    its median). The measurements run one after the other (artifacts in the order given, then torch
+    eager), not interleaved: on a shared machine compare them through these same-run ratios.
     """
     if threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
@@ -437,7 +444,7 @@ def bench(
         for name in torch_models:
             note(f"torch eager {name}")
             spec = {"kind": "torch", "model": name, "threads": threads, "warmup": warmup, "runs": runs, "image": photo,
-                    "gemm": gemm}
+                    "gemm": gemm, "pretrained": torch_pretrained}
             row = _run_worker(spec, torch_env, f"torch {name}")
             row.update(name=f"torch:{name}", artifact=None)
             rows.append(row)
@@ -470,8 +477,13 @@ def bench(
             achieved = 2.0 * g / (row["median_ms"] / 1e3)  # GFLOP/s
             row["achieved_gflops"] = achieved
             row["efficiency_pct"] = 100.0 * achieved / peak
+    eager = {r["model"]: r["median_ms"] for r in rows if r.get("runtime") == "torch-eager"}
+    for row in rows:
+        ref = eager.get(row.get("model"))
+        if ref and row["median_ms"] > 0:
+            row["speedup_vs_torch"] = ref / row["median_ms"]
     targets = _targets(rows)
-    settings = {"threads": threads, "warmup": warmup, "runs": runs, "image": Path(photo).name if image is None else str(image)}
+    settings = {"threads": threads, "warmup": warmup, "runs": runs, "torch_pretrained": torch_pretrained, "image": Path(photo).name if image is None else str(image)}
     return BenchReport(rows, machine, settings, targets)
 
 

@@ -116,6 +116,9 @@ def test_build_groups_roles_stem_head_and_outlier_linears():
     assert {"softmax", "norm", "residual_add"} <= set(groups) and "other" not in groups
     assert set(g for g in groups if g.startswith("linear:")) == {"linear:blocks.0.fc", "linear:blocks.5.fc", "linear:blocks.11.fc"}
     assert "outlier ratio 50.0" in groups["linear:blocks.5.fc"].why
+    # a conv-norm-act composite is not a norm: its convolution must stay a quantizable linear
+    assert qz.role_of_module("timm.layers.conv_bn_act.ConvNormAct") is None
+    assert [qz.role_of_module(c) for c in ("LayerNorm", "BatchNormAct2d", "LayerNorm2d")] == ["norm"] * 3
 
 
 def test_linear_outlier_scores_find_the_outlier_channel():
@@ -220,11 +223,12 @@ def _fp32_weight_bytes() -> int:
     return 4 * sum(p.numel() for p in create_model(MODEL).parameters())
 
 
-def _export(target, precision, tmp_path, calibration="fashion-mnist", **options):
+def _export(target, precision, tmp_path, calibration="fashion-mnist", verify_images=None, **options):
     from edgevit.converters import export
 
     opts = {"calibration_images": 32, "search_images": 192, "compare_fp32": False, **options}
-    return export(MODEL, target, precision, out=tmp_path, pretrained=True, calibration=calibration, options=opts)
+    return export(MODEL, target, precision, out=tmp_path, pretrained=True, calibration=calibration, options=opts,
+                  verify_images=verify_images)
 
 
 @pytest.mark.slow
@@ -392,3 +396,16 @@ def test_benchmark_tables_flag_missed_targets_and_name_their_commands():
     assert "79.30% (+0.70) | NO |" in acc and "max_drop=1.0" in acc and "| failed |" in acc and "| n/a |" in acc
     cm = next(line for line in lines if line.startswith("| vit_fmnist_window | windowed |"))
     assert "(25%)" in cm and "not measurable on Linux" in cm
+
+
+@pytest.mark.parametrize("cls_name, role", [
+    ("LayerNorm", "norm"), ("LinearMeanLayerNorm", "norm"), ("ConvMeanLayerNorm2d", "norm"),
+    ("BatchNorm2d", "norm"), ("BatchNormAct2d", "norm"), ("RMSNorm", "norm"),
+    ("ConvNormAct", None), ("ConvNorm", None), ("LinearNorm", None), ("Linear", None),
+])
+def test_norm_role_covers_rewritten_norms_but_not_conv_or_linear_composites(cls_name, role):
+    """edgevit's rewritten layer norms stay float under the ViT-aware recipe; timm's conv/linear +
+    norm composites (MobileViT's ConvNormAct, LeViT's ConvNorm/LinearNorm) are linear layers."""
+    from edgevit.converters.quantize import role_of_module
+
+    assert role_of_module(cls_name) == role
