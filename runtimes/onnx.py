@@ -75,6 +75,16 @@ def _looks_foreign(data: bytes) -> str | None:
     return None
 
 
+def _damaged_trailer(trailer: bytes) -> bool:
+    """Whether ``trailer`` is edgevit's checksum entry with a few bytes changed (a bit flip must not
+    turn a checked file into an unchecked one): most prefix bytes in place and a mostly-hex digest.
+    Another tool's file ends in anything but that by chance."""
+    prefix = len(_TRAILER_PREFIX)
+    same = sum(a == b for a, b in zip(trailer[:prefix], _TRAILER_PREFIX))
+    hexish = sum(c in b"0123456789abcdef" for c in trailer[prefix:])
+    return same >= prefix - 8 and hexish >= 48
+
+
 def verify_checksum(data: bytes, name: str) -> str | None:
     """Check the ``edgevit.sha256`` trailer of ``data``; return the digest, or ``None`` if the
     file carries none (written by another tool or re-saved). A mismatch raises ArtifactError."""
@@ -82,6 +92,11 @@ def verify_checksum(data: bytes, name: str) -> str | None:
         return None
     trailer = data[-_TRAILER_LEN:]
     if not trailer.startswith(_TRAILER_PREFIX) or not _HEX64.match(trailer[len(_TRAILER_PREFIX):]):
+        if _damaged_trailer(trailer):
+            raise ArtifactError(
+                f"{name} is corrupt: the SHA-256 checksum edgevit stored at its end is damaged (the file "
+                "changed after export: a damaged copy or storage error); export or copy it again"
+            )
         return None
     expected = trailer[len(_TRAILER_PREFIX):].decode("ascii")
     actual = hashlib.sha256(data[:-_TRAILER_LEN]).hexdigest()

@@ -1004,3 +1004,21 @@ def test_export_of_a_checkpoint_trained_on_other_classes_uses_its_head_and_label
     assert result.verification.ran and result.verification.passed
     runtime = load(result.path)
     assert list(runtime.metadata.labels) == classes
+
+
+def test_onnx_damaged_checksum_trailer_is_an_error_not_an_unchecked_file():
+    """A bit flip inside the checksum entry itself must not turn the file into an unchecked one."""
+    import hashlib
+
+    from edgevit.errors import ArtifactError
+    from edgevit.runtimes.onnx import _TRAILER_PREFIX, verify_checksum
+
+    body = b"\x08\x07" + bytes(range(256)) * 4
+    good = body + _TRAILER_PREFIX + hashlib.sha256(body).hexdigest().encode()
+    assert verify_checksum(good, "m.onnx") == hashlib.sha256(body).hexdigest()
+    for pos, bit in [(-1, 6), (-30, 5), (-70, 0), (-80, 1), (-85, 3)]:  # digest chars and key bytes
+        bad = bytearray(good)
+        bad[pos] ^= 1 << bit
+        with pytest.raises(ArtifactError, match="corrupt"):
+            verify_checksum(bytes(bad), "m.onnx")
+    assert verify_checksum(body + b"x" * 88, "m.onnx") is None  # no edgevit trailer: unchecked
