@@ -7,6 +7,7 @@ One command per table (each writes ``benchmarks/results/quantize.{json,md}``)::
     python benchmarks/quantize.py speed       # DeiT-Tiny, MobileViT-XXS x TFLite, ExecuTorch, ONNX (random weights)
     python benchmarks/quantize.py accuracy    # global / windowed / linear Fashion-MNIST ViTs x TFLite, ExecuTorch, ONNX
     python benchmarks/quantize.py coreml      # the same three models: CoreML package sizes (structural only on Linux)
+    python benchmarks/quantize.py profile     # DeiT-Tiny, MobileViT-XXS: ExecuTorch fp32 vs int8, kernel by kernel
     python benchmarks/quantize.py train       # (re)train the windowed and linear models (~18 min each)
     python benchmarks/quantize.py render      # re-render the .md from the .json
 
@@ -56,6 +57,8 @@ ACCURACY_MODELS = {
     "global": "vit_fmnist_tiny",
     "windowed": "vit_fmnist_window",
     "linear": "vit_fmnist_linformer",
+    "conv-hybrid": "mobilevit_fmnist",  # timm MobileViT-XXS, 64 px (models/catalog_fmnist_conv.py)
+    "cnn": "mobilenet_fmnist",  # timm MobileNetV3-Small 0.5, 64 px: the CNN baseline
 }
 SPEED_MODELS = ("deit_tiny_patch16_224", "mobilevit_xxs")
 TARGET_PRECISIONS = {
@@ -71,20 +74,35 @@ COREML_WEIGHTS = ("float", "int8", "palettize-8", "palettize-4")
 TRAIN = {"epochs": 3, "train_limit": 20000, "lr": 2e-3, "batch_size": 128}
 
 
+_LOADED: dict = {}  # the results file as this run read it: rows still equal to it are not this run's
+
+
 def _load_results() -> dict:
     if RESULTS.is_file():
-        return json.loads(RESULTS.read_text())
-    return {"speed": {}, "accuracy": {}, "training": {}}
+        data = json.loads(RESULTS.read_text())
+    else:
+        data = {"speed": {}, "accuracy": {}, "training": {}}
+    _LOADED.clear()
+    _LOADED.update(json.loads(json.dumps(data)))
+    return data
 
 
 def _save(results: dict) -> None:
-    on_disk = _load_results()  # another run may have written other parts meanwhile
-    for part in ("speed", "accuracy", "coreml", "training"):
+    """Write ``results``, keeping rows another run wrote meanwhile: a (model, target) row this run
+    did not change since it loaded the file is taken from the disk as it is now."""
+    on_disk = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    for part in ("speed", "accuracy", "coreml", "training", "profile"):
+        loaded = _LOADED.get(part, {})
         for key, value in on_disk.get(part, {}).items():
             mine = results.setdefault(part, {}).setdefault(key, value)
+            if mine is value:
+                continue
             if isinstance(value, dict) and isinstance(mine, dict) and part != "training":
                 for sub, row in value.items():
-                    mine.setdefault(sub, row)
+                    if sub not in mine or mine[sub] == loaded.get(key, {}).get(sub):
+                        mine[sub] = row
+            elif mine == loaded.get(key):
+                results[part][key] = value
     results["machine"] = {
         "platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
         "updated": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
@@ -374,9 +392,99 @@ def train_models(models, results: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp, _step(f"train {model}"):
             r = train(model, "fashion-mnist", out=tmp, threads=1, progress=False, **TRAIN)
             shutil.copy(Path(tmp) / f"{model}.safetensors", WEIGHTS / f"{model}.safetensors")
+            # The training record beside the weights (config, seed, per-epoch history, seconds).
+            record = json.loads((Path(tmp) / f"{model}.json").read_text())
+            record = {"model": model, "command": f"{COMMANDS['train']} --models {model}",
+                      "seed": r.config.seed, "epochs": len(r.history), "test_top1": r.test_top1,
+                      "seconds": round(r.seconds, 1), "hardware": f"{os.cpu_count()} shared CPU cores, threads=1",
+                      **{k: v for k, v in record.items() if k not in ("model", "seed", "epochs", "test_top1", "seconds")}}
+            (WEIGHTS / f"{model}.json").write_text(json.dumps(record, indent=1) + "\n")
         results["training"][model] = {"attention": kind, "test_top1": r.test_top1, **TRAIN,
                                       "seconds": round(r.seconds, 0)}
         _save(results)
+
+
+# ------------------------------------------------------------------------------------------------
+# where the int8 time goes: ExecuTorch's per-kernel profile (ETDump) of fp32 vs int8
+
+
+def _etdump_profile(path: Path, shape: tuple, runs: int) -> dict[str, float]:
+    """Median milliseconds per XNNPACK kernel type (summed over its instances) of one ``.pte``,
+    from ExecuTorch's event tracer, single-threaded."""
+    import re
+
+    import torch
+    from executorch.devtools import Inspector
+    from executorch.extension.pybindings import portable_lib
+
+    portable_lib._unsafe_reset_threadpool(1)
+    module = portable_lib._load_for_executorch(str(path), enable_etdump=True, debug_buffer_size=0)
+    x = torch.zeros(shape)
+    for _ in range(runs + 3):
+        module.forward([x])
+    dump = path.with_suffix(".etdp")
+    module.write_etdump_result_to_file(str(dump))
+    frame = Inspector(etdump_path=str(dump)).to_dataframe()
+    frame = frame[frame.event_block_name == "Execute"]
+    kernels: dict[str, float] = {}
+    for name, ms in zip(frame.event_name, frame["p50 (ms)"]):
+        kind = re.sub(r" #\d+$", "", str(name))
+        kernels[kind] = kernels.get(kind, 0.0) + float(ms)
+    return kernels
+
+
+def _kernel_class(kind: str) -> str:
+    """What an XNNPACK kernel event is: an ``int8`` kernel, an ``fp32`` one, an ``elementwise``
+    add/multiply/subtract (XNNPACK's event name does not give their type), a ``convert``
+    (quantize/dequantize), or ``total`` (the events around the kernels)."""
+    if kind in ("Method::execute", "DELEGATE_CALL", "OPERATOR_CALL", "Method::init", "Program::load_method"):
+        return "total"
+    if kind.startswith("Convert"):
+        return "convert"
+    if "QS8" in kind or "X8)" in kind or "QC8)" in kind:
+        return "int8"
+    if kind.startswith(("Multiply", "Add", "Subtract")):
+        return "elementwise"
+    return "fp32"
+
+
+def profile_int8(models, runs: int, results: dict) -> None:
+    """Export fp32 and ViT-aware int8 ExecuTorch programs (one random initialisation) and profile
+    both kernel by kernel: which share of the int8 program's time is still spent in fp32 kernels
+    (XNNPACK's ExecuTorch partitioner takes batch matmul, softmax and sigmoid in fp32 only) and in
+    int8<->fp32 conversions."""
+    import torch
+
+    from edgevit.converters import export
+    from edgevit.models import create_model
+    from edgevit.models.weights import save_weights
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "calibration").mkdir()
+        calib = _photo_crops(Path(tmp) / "calibration")
+        for model in models:
+            torch.manual_seed(0)
+            weights = Path(tmp) / f"{model}.safetensors"
+            save_weights(create_model(model).eval(), weights)
+            row = {}
+            for variant in ("fp32", "int8"):
+                with _step(f"{model} executorch {variant} export + profile"):
+                    r = export(model, "executorch", variant, out=Path(tmp) / variant, force=True, verify=False,
+                               weights=weights, calibration=calib if variant == "int8" else None,
+                               options={"compare_fp32": False, "min_cosine": 0.5} if variant == "int8" else None)
+                    from edgevit.runtimes import load
+
+                    shape = load(r.path).metadata.input_shape(1)
+                    kernels = _etdump_profile(r.path, shape, runs)
+                by_class: dict[str, float] = {}
+                for kind, ms in kernels.items():
+                    by_class[_kernel_class(kind)] = by_class.get(_kernel_class(kind), 0.0) + ms
+                row[variant] = {"kernels_ms": {k: round(v, 4) for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])},
+                                "by_class_ms": {k: round(v, 4) for k, v in by_class.items()}}
+            row["_conditions"] = {"runs": runs, "threads": 1, "load_average": _loadavg(),
+                                  "measured": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()}
+            results.setdefault("profile", {})[model] = row
+            _save(results)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -388,6 +496,7 @@ COMMANDS = {
     "accuracy": "python benchmarks/quantize.py accuracy",
     "coreml": "python benchmarks/quantize.py coreml",
     "train": "python benchmarks/quantize.py train",
+    "profile": "python benchmarks/quantize.py profile",
 }
 
 
@@ -527,6 +636,32 @@ def _render_coreml(cm: dict) -> list[str]:
     return lines + [""]
 
 
+def _render_profile(profile: dict) -> list[str]:
+    lines = ["## Where the int8 time goes: ExecuTorch kernel profile", "",
+             f"Reproduce: `{COMMANDS['profile']}`. fp32 and ViT-aware int8 programs of one random initialisation, "
+             "profiled kernel by kernel with ExecuTorch's event tracer (ETDump), 1 thread, median per kernel over the "
+             "runs, summed per kernel type. XNNPACK's ExecuTorch partitioner takes batch matmul, softmax and sigmoid "
+             "(SiLU) in fp32 only, so those stay fp32 in the int8 program whatever the recipe; the *ceiling* is the "
+             "speed-up if every int8 kernel and every conversion took no time at all.", "",
+             "| model | fp32 program ms | int8 program ms | speed-up | int8 kernels | fp32 kernels | add/mul/sub | conversions | ceiling |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for model, row in _ordered(profile, SPEED_MODELS):
+        if "fp32" not in row or "int8" not in row:
+            continue
+        f32 = sum(v for k, v in row["fp32"]["by_class_ms"].items() if k != "total")
+        c = row["int8"]["by_class_ms"]
+        i8 = sum(v for k, v in c.items() if k != "total")
+        floor = c.get("fp32", 0.0) + c.get("elementwise", 0.0)
+        lines.append(f"| {model} | {f32:.2f} | {i8:.2f} | {f32 / i8:.2f}x | {c.get('int8', 0):.2f} | {c.get('fp32', 0):.2f} | "
+                     f"{c.get('elementwise', 0):.2f} | {c.get('convert', 0):.2f} | {f32 / floor:.2f}x |")
+        top = [(k, v) for k, v in row["int8"]["kernels_ms"].items() if _kernel_class(k) == "fp32"][:4]
+        cond = row.get("_conditions", {})
+        notes.append(f"- {model}: fp32 kernels left in the int8 program: " + ", ".join(f"{k} {v:.2f} ms" for k, v in top)
+                     + f" ({cond.get('runs', '?')} runs, load average {cond.get('load_average')}, {cond.get('measured', '?')})")
+    return lines + [""] + notes + [""]
+
+
 def render(results: dict) -> str:
     machine = results.get("machine", {})
     lines = ["# Quantization benchmarks", "",
@@ -541,6 +676,8 @@ def render(results: dict) -> str:
         lines += _render_accuracy(results["accuracy"])
     if results.get("coreml"):
         lines += _render_coreml(results["coreml"])
+    if results.get("profile"):
+        lines += _render_profile(results["profile"])
     if results.get("training"):
         lines += ["## Trained models", "", f"Reproduce: `{COMMANDS['train']}` (vit_fmnist_tiny was trained by `edgevit train`).", "",
                   "| model | attention | test top-1 | epochs x images | seconds |", "|---|---|---|---|---|"]
@@ -551,7 +688,7 @@ def render(results: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=("all", "speed", "accuracy", "coreml", "train", "render"))
+    p.add_argument("part", choices=("all", "speed", "accuracy", "coreml", "train", "profile", "render"))
     p.add_argument("--models", nargs="*", help="model names (default: the part's own list)")
     p.add_argument("--targets", nargs="*", default=list(TARGETS), choices=TARGETS)
     p.add_argument("--runs", type=int, default=30, help="timed runs per artifact after warm-up (speed; >= 20)")
@@ -570,6 +707,8 @@ def main(argv=None) -> int:
         bench_accuracy(per_kind, args.targets, args.max_drop, args.test_limit, results)
     if args.part in ("coreml", "all"):
         coreml_sizes(per_kind, results)
+    if args.part in ("profile", "all") and "executorch" in args.targets:
+        profile_int8(args.models or SPEED_MODELS if args.part == "profile" else SPEED_MODELS, args.runs, results)
     if args.part == "train":
         train_models(per_kind, results)
     _save(results)

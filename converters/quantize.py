@@ -89,11 +89,11 @@ QUANT_OPTIONS: dict[str, Any] = {
     "compare_fp32": True,  # size and latency of the fp32 artifact, measured in the same run
 }
 
-ROLES = ("softmax", "norm", "residual_add", "attention_matmul", "activation", "elementwise", "linear", "other")
+ROLES = ("softmax", "norm", "residual_add", "attention_matmul", "activation", "gate", "elementwise", "linear", "other")
 
 # The ViT prior: which roles are known to break under int8, most harmful first. It orders
 # groups whose measured sensitivity ties and is recorded with the recipe.
-_PRIOR = ("softmax", "norm", "residual_add", "linear", "attention_matmul", "activation", "elementwise")
+_PRIOR = ("softmax", "norm", "residual_add", "linear", "attention_matmul", "activation", "gate", "elementwise")
 
 
 @dataclass(frozen=True)
@@ -252,6 +252,7 @@ def build_groups(ops: Sequence[QuantOp], outlier_scores: Mapping[str, float] | N
         "residual_add": "residual stream with outlier channels",
         "attention_matmul": "activation x activation products (Q.K^T, P.V)",
         "activation": "non-linear activations (GELU, ...)",
+        "gate": "sigmoid-family activations of the conv stages (SiLU's sigmoid, hard-swish)",
         "elementwise": "element-wise multiplies (scales, gates)",
     }
     for role in _PRIOR:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgevit.converters import export
-from edgevit.errors import ArtifactError, ConversionError, OutputExistsError
+from edgevit.errors import ArtifactError, ConfigError, ConversionError, OutputExistsError
 from edgevit.runtimes import Classifier, load
 
 # One model per attention kind (timm and edgevit implementations).
@@ -189,3 +189,32 @@ def test_unknown_suffix_and_missing_file(tmp_path):
         load(p)
     with pytest.raises(ArtifactError, match="no such artifact"):
         load(tmp_path / "gone.tflite")
+
+
+def _tensor_names(path) -> list:
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    return [t.name for g in model.subgraphs for t in g.tensors]
+
+
+@pytest.mark.slow
+def test_tensor_names_are_stripped_unless_asked_for(tmp_path, has_fmnist_weights):
+    """litert-torch's module-path tensor names are debug strings: stripped by default (smaller
+    file, same model), kept with ``--option tensor_names=true``; signatures and metadata stay."""
+    stripped = export("vit_fmnist_tiny", "tflite", out=tmp_path / "stripped", pretrained=has_fmnist_weights)
+    assert stripped.verification.passed
+    assert not any(_tensor_names(stripped.path)) and stripped.details["tensor_names"].startswith("stripped")
+    named = export("vit_fmnist_tiny", "tflite", out=tmp_path, pretrained=has_fmnist_weights,
+                   options={"tensor_names": True})
+    assert named.verification.passed
+    names = _tensor_names(named.path)
+    assert all(names) and any(b"Attention" in n for n in names) and named.details["tensor_names"] == "kept"
+    assert stripped.bytes < named.bytes - 10_000
+    a, b = load(stripped.path), load(named.path)
+    assert a.metadata.model == b.metadata.model == "vit_fmnist_tiny"
+    x = np.random.default_rng(0).standard_normal(a.metadata.input_shape(1)).astype(np.float32)
+    np.testing.assert_array_equal(a.run(x)[0], b.run(x)[0])  # same weights, same graph
+    with pytest.raises(ConfigError, match="tensor_names must be true or false"):
+        export("vit_fmnist_tiny", "tflite", out=tmp_path / "bad", options={"tensor_names": "yes"})
+    assert not (tmp_path / "bad").exists()
