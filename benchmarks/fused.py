@@ -192,34 +192,9 @@ def _time_frames(plain: str, fused: str, threads: int, warmup: int, runs: int) -
 
 
 def _bench_weights(model: str, out: Path) -> Path:
-    """A seeded weights file for ``model`` with non-zero biases, LayerNorm affine and a head scaled
-    to logits of ImageNet-trained magnitude (about 10): closer to trained weights than random init."""
-    import torch
+    from _weights import bench_weights  # benchmarks/_weights.py (this script's folder is on sys.path)
 
-    from edgevit.models import create_model
-    from edgevit.models.weights import save_weights
-
-    path = out / f"{model}_bench.safetensors"
-    if path.exists():
-        return path
-    torch.manual_seed(0)
-    net = create_model(model)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith("bias"):
-                p.add_(0.02 * torch.randn(p.shape, generator=g))
-            elif p.dim() == 1 and not p.any():
-                # zero-initialised scales (LeViT's last BatchNorm of each residual branch): a
-                # converter may fold such a branch away entirely, which trained weights never allow
-                p.copy_(0.5 + 0.1 * torch.randn(p.shape, generator=g))
-            elif p.dim() == 1 and "norm" in name:
-                p.mul_(1 + 0.1 * torch.randn(p.shape, generator=g))
-        head = net.get_classifier() if hasattr(net, "get_classifier") else getattr(net, "head", None)
-        if isinstance(head, torch.nn.Linear):
-            head.weight.mul_(20.0)
-    save_weights(net, path)
-    return path
+    return bench_weights(model, out)
 
 
 def _ort_fusion_row(model: str, out: Path, reuse: bool, threads: int, warmup: int, runs: int) -> dict[str, Any]:

@@ -7,6 +7,11 @@ support table) and a Markdown table on stdout.
     python benchmarks/matrix.py                       # everything (about an hour on 2 cores)
     python benchmarks/matrix.py --models 'mobilevit*' --targets tflite onnx
     python benchmarks/matrix.py --dry-run              # print the plan
+
+Random-init models whose timm initialisation zeroes a scale (LeViT, SwinV2, MobileViT: a residual
+branch that starts as the identity) are exported from non-degenerate seeded weights
+(``benchmarks/_weights.py``), so that verification covers every block: a converter folds a
+zero-scaled branch away, and the check would pass on a graph without it. The row records it.
 """
 
 from __future__ import annotations
@@ -28,9 +33,15 @@ _CHILD = r"""
 import json, sys, traceback
 from edgevit.converters import export
 from edgevit.errors import EdgeVitError
-model, target, out = sys.argv[1], sys.argv[2], sys.argv[3]
+model, target, out, bench = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 try:
-    r = export(model, target, out=out, force=True)
+    weights = None
+    if bench:
+        sys.path.insert(0, bench)
+        from _weights import bench_weights, zero_scales
+        if zero_scales(model):
+            weights = bench_weights(model, out)
+    r = export(model, target, out=out, force=True, weights=weights)
     d = r.to_dict()
     v = d["verification"] or {}
     status = "verified" if v.get("ran") and v.get("passed") else ("structural" if not v.get("ran") else "failed")
@@ -39,7 +50,8 @@ try:
         "top1_agreement": v.get("top1_agreement"),
         "delegated_share": (d["delegation"] or {}).get("share"),
         "partitions": (d["delegation"] or {}).get("partitions"),
-        "warnings": d["warnings"][:3]}))
+        "warnings": d["warnings"][:3],
+        "weights": "seeded, zero-initialised scales made non-zero (benchmarks/_weights.py)" if weights else None}))
 except EdgeVitError as e:
     print("@@RESULT@@" + json.dumps({"status": "failed", "op": getattr(e, "op", None), "error": str(e)[:400]}))
 """
@@ -49,7 +61,8 @@ def run_one(model: str, target: str, timeout: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
         env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1")
         try:
-            proc = subprocess.run([sys.executable, "-c", _CHILD, model, target, out], capture_output=True,
+            proc = subprocess.run([sys.executable, "-c", _CHILD, model, target, out, str(Path(__file__).resolve().parent)],
+                                  capture_output=True,
                                   text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             return {"status": "failed", "op": None, "error": f"timed out after {timeout} s"}

@@ -251,11 +251,26 @@ def _export(model, spec, target, precision, converter, config, final, cancel, *,
         weights=weights_tag,
         verification=report,
         delegation=output.delegation,
-        warnings=list(output.warnings),
+        warnings=_degenerate_init_warnings(float_model, weights_tag) + list(output.warnings),
         fallbacks=list(metadata.fallbacks),
         details=dict(output.details),
         fused_input=config.fused_input,
     )
+
+
+def _degenerate_init_warnings(model, weights_tag: str) -> list[str]:
+    """A random-init model whose initialisation zeroes a scale (timm: LeViT's residual
+    BatchNorms, SwinV2's res-post-norms, some MobileViT blocks) has residual branches that are
+    the identity; converters fold them away, so the artifact's size and speed are not a trained
+    model's and verification covered only what is left. Say so."""
+    if weights_tag != "random-init":
+        return []
+    zero = [n for n, p in model.named_parameters() if p.dim() == 1 and not n.endswith("bias") and not p.any()]
+    if not zero:
+        return []
+    return [f"random-init weights: {len(zero)} scale parameter(s) are all zero at initialisation (e.g. {zero[0]}), "
+            "so those residual branches are the identity and a converter may fold them away; size, speed and "
+            "verification are then not those of the trained model. Export with --pretrained or --weights FILE"]
 
 
 class _CancelOnInterrupt:

@@ -67,10 +67,11 @@ def test_bench_every_artifact_torch_gemm_and_targets(tmp_path_factory, tmp_path,
             print(f"onnx export unavailable: {exc}")
     db = tmp_path / "results.sqlite"
     capsys.readouterr()  # the exports' converter chatter
-    rc = main(["bench", *map(str, artifacts), "--torch", "vit_fmnist_tiny", "--threads", "2", "--warmup", "1",
-               "--runs", "5", "--db", str(db), "--json"])
+    rc = main(["bench", *map(str, artifacts), "--torch", "vit_fmnist_tiny", "--torch-pretrained", "--threads", "2",
+               "--warmup", "1", "--runs", "5", "--db", str(db), "--json"])
     assert rc == 0
     data = json.loads(capsys.readouterr().out)
+    assert data["settings"]["torch_pretrained"] is True
     names = [r["name"] for r in data["rows"]]
     assert names == [a.name for a in artifacts] + ["torch:vit_fmnist_tiny"]
     for row in data["rows"]:

@@ -354,3 +354,14 @@ def test_prepare_warms_attention_bias_caches_without_changing_the_math():
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         assert torch.allclose(prepared(x), reference(x), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_random_init_with_zeroed_scales_is_flagged(exported):
+    """timm zero-initialises some MobileViT block scales: a random-init export says that those
+    branches may be folded away (its size/speed/verification are not a trained model's)."""
+    flagged = [w for w in exported.warnings if "all zero at initialisation" in w]
+    if exported.model == "mobilevit_xxs":
+        assert len(flagged) == 1 and "conv3_1x1.bn.weight" in flagged[0] and "--pretrained or --weights" in flagged[0]
+    else:  # no zeroed scale (or trained weights): nothing to say
+        assert not flagged, flagged

@@ -409,3 +409,46 @@ def test_norm_role_covers_rewritten_norms_but_not_conv_or_linear_composites(cls_
     from edgevit.converters.quantize import role_of_module
 
     assert role_of_module(cls_name) == role
+
+
+def test_benchmark_profile_table_classes_kernels_and_bounds_the_speedup():
+    bench = _bench_module()
+    assert bench._kernel_class("Fully Connected (NC, QS8, QC8W) GEMM") == "int8"
+    assert bench._kernel_class("Convolution (NHWC, QC8) IGEMM") == "int8"
+    assert bench._kernel_class("Transpose (ND, X8)") == "int8"
+    assert bench._kernel_class("Batch Matrix Multiply (NC, F32, QC8W) GEMM") == "fp32"  # fp32 activations
+    assert bench._kernel_class("Batch Matrix Multiply (NC, F32) GEMM") == "fp32"
+    assert bench._kernel_class("Sigmoid (NC)") == "fp32" and bench._kernel_class("Convert (NC)") == "convert"
+    assert bench._kernel_class("Multiply (ND)") == "elementwise" and bench._kernel_class("DELEGATE_CALL") == "total"
+    profile = {"mobilevit_xxs": {
+        "fp32": {"kernels_ms": {}, "by_class_ms": {"fp32": 12.0, "elementwise": 0.5, "total": 13.0}},
+        "int8": {"kernels_ms": {"Batch Matrix Multiply (NC, F32) GEMM": 2.5, "Fully Connected (NC, QS8, QC8W) GEMM": 2.0},
+                 "by_class_ms": {"int8": 3.0, "fp32": 4.5, "elementwise": 0.5, "convert": 1.0, "total": 9.5}},
+        "_conditions": {"runs": 30, "load_average": [1.0, 1.0, 1.0], "measured": "2026-01-01T00:00:00+00:00"}}}
+    md = bench.render({"profile": profile})
+    row = next(line for line in md.splitlines() if line.startswith("| mobilevit_xxs |"))
+    # 12.5 ms fp32 / 9 ms int8 = 1.39x; ceiling: 12.5 / (4.5 fp32 + 0.5 elementwise) = 2.50x
+    assert "| 12.50 | 9.00 | 1.39x |" in row and row.endswith("| 2.50x |")
+    assert "Batch Matrix Multiply (NC, F32) GEMM 2.50 ms" in md and "QS8" not in md.split("fp32 kernels left")[1]
+    assert "`python benchmarks/quantize.py profile`" in md
+
+
+def test_benchmark_results_merge_keeps_rows_another_run_wrote(tmp_path, monkeypatch):
+    """Two benchmark runs writing one results file: each keeps the other's new rows."""
+    import json
+
+    bench = _bench_module()
+    path = tmp_path / "quantize.json"
+    path.write_text(json.dumps({"speed": {}, "accuracy": {"m": {"tflite": {"old": 1}, "onnx": {"old": 2}}}, "training": {}}))
+    monkeypatch.setattr(bench, "RESULTS", path)
+    monkeypatch.setattr(bench, "render", lambda results: "rendered\n")  # the tables are tested above
+    mine = bench._load_results()  # this run loads, then another run updates onnx and adds a model
+    other = json.loads(path.read_text())
+    other["accuracy"]["m"]["onnx"] = {"new": 3}
+    other["accuracy"]["n"] = {"tflite": {"new": 4}}
+    path.write_text(json.dumps(other))
+    mine["accuracy"]["m"]["tflite"] = {"mine": 5}  # this run's own row
+    bench._save(mine)
+    saved = json.loads(path.read_text())["accuracy"]
+    assert saved == {"m": {"tflite": {"mine": 5}, "onnx": {"new": 3}}, "n": {"tflite": {"new": 4}}}
+    assert (tmp_path / "quantize.md").read_text() == "rendered\n"

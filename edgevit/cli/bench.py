@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifacts", nargs="*", metavar="ARTIFACT", help="exported artifacts (.tflite, .onnx, .pte, ...)")
     p.add_argument("--torch", action="append", default=[], metavar="MODEL",
                    help="also time this catalog model in torch eager (repeatable)")
+    p.add_argument("--torch-pretrained", action="store_true",
+                   help="build the --torch models with their catalog weights (their top-1 then matches "
+                        "artifacts exported with --pretrained; latency does not depend on it)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for every runtime and the GEMM (default 2)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs before timing (default 5)")
     p.add_argument("--runs", type=int, default=20, help="timed runs (default 20)")
@@ -54,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         report = bench(
             args.artifacts,
             torch_models=args.torch,
+            torch_pretrained=args.torch_pretrained,
             threads=args.threads,
             warmup=args.warmup,
             runs=args.runs,
