@@ -230,6 +230,25 @@ _PT2E_ANNOTATED = _PT2E_LINEAR + ("aten.add.Tensor", "aten.mul.Tensor", "aten.ca
 _BY_DESIGN = ["softmax", "GELU and other activations", "matmuls between activations (attention)"]
 
 
+def _by_design_present(graph_module: Any) -> list[str]:
+    """The float-by-design categories (:data:`_BY_DESIGN`) this graph has ops of: the quantizer
+    leaves them float wherever they are; the report names only those the model contains."""
+    found = set()
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = _op_name(node.target)
+        if "softmax" in name:
+            found.add(_BY_DESIGN[0])
+        elif any(a in name for a in ("gelu", "silu", "sigmoid", "hardswish", "tanh")):
+            found.add(_BY_DESIGN[1])
+        elif "scaled_dot_product_attention" in name or (
+                any(m in name for m in ("aten.matmul", "aten.bmm", "aten.mm")) and
+                sum(1 for a in node.args[:2] if getattr(a, "op", None) not in (None, "get_attr")) == 2):
+            found.add(_BY_DESIGN[2])
+    return [c for c in _BY_DESIGN if c in found]
+
+
 def _module_path(node: Any) -> str:
     import re
 
@@ -471,7 +490,7 @@ def _quantize_pt2e(model: torch.nn.Module, example: torch.Tensor, metadata: Arti
                               op=_failing_op(exc)) from exc
     scheme = "int8 static: per-channel int8 weights, int8 activations from calibrated ranges"
     scheme += " (global min/max ranges)" if vit_aware else " (histogram observer)"
-    fixed = _BY_DESIGN + ([f"layer norm ({len(by_design)} ops)"] if by_design else [])
+    fixed = _by_design_present(graph) + ([f"layer norm ({len(by_design)} ops)"] if by_design else [])
     section = qz.report("int8", scheme, tool, settings, calibration=calibration_info, groups=groups, search=result,
                         naive=naive, fixed_float=fixed)
     if not vit_aware:

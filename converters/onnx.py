@@ -335,6 +335,26 @@ _ORT_INT8_OPS = ("Conv", "MatMul", "Gemm", "Add", "Mul")
 _ORT_BY_DESIGN = ["softmax", "layer norm", "GELU and other activations", "matmuls between activations (attention)", "division"]
 
 
+def _ort_by_design_present(proto) -> list[str]:
+    """The float-by-design categories (:data:`_ORT_BY_DESIGN`) this graph has nodes of."""
+    initializers = {t.name for t in proto.graph.initializer}
+    constants = initializers | {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
+    found = set()
+    for node in proto.graph.node:
+        t = node.op_type
+        if t == "Softmax":
+            found.add(_ORT_BY_DESIGN[0])
+        elif t in ("LayerNormalization", "ReduceMean"):
+            found.add(_ORT_BY_DESIGN[1])
+        elif t in ("Gelu", "Erf", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Relu", "Clip"):
+            found.add(_ORT_BY_DESIGN[2])
+        elif t == "MatMul" and sum(1 for i in node.input[:2] if i not in constants) == 2:
+            found.add(_ORT_BY_DESIGN[3])
+        elif t == "Div":
+            found.add(_ORT_BY_DESIGN[4])
+    return [c for c in _ORT_BY_DESIGN if c in found]
+
+
 def _onnx_ops(proto, model) -> list:
     """The graph's candidate nodes as :class:`QuantOp` (id = node name)."""
     import ast
@@ -483,7 +503,7 @@ def _quantize_onnx(proto, model, metadata: ArtifactMetadata, config: ExportConfi
                         )
                     data = build(frozenset(result.kept))
                     scheme = "int8 static QDQ: per-channel int8 weights, int8 activations (MinMax calibration)"
-                    fixed = _ORT_BY_DESIGN if vit_aware else []
+                    fixed = _ort_by_design_present(proto) if vit_aware else []
                     section = qz.report("int8", scheme, tool, settings, calibration=calibration_info, groups=groups,
                                         search=result, naive=naive, fixed_float=fixed)
                     if not vit_aware:
