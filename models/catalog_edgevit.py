@@ -4,11 +4,9 @@ Fashion-MNIST ViT that gives meaningful labels offline)."""
 from __future__ import annotations
 
 from edgevit.models._registry import ModelSpec, register_model
-from edgevit.models.labels import FASHION_MNIST_LABELS
+from edgevit.models.labels import FASHION_DATA, FASHION_MNIST_LABELS
 from edgevit.models.vit import EdgeViT
 
-FASHION_MEAN = (0.2860,)
-FASHION_STD = (0.3530,)
 
 DEFAULT_MODEL = "vit_fmnist_tiny"
 
@@ -53,12 +51,7 @@ register_model(
         attention="global",
         builder=_fmnist,
         input_size=(28, 28),
-        color_mode="L",
-        mean=FASHION_MEAN,
-        std=FASHION_STD,
-        crop_pct=1.0,
-        interpolation="bilinear",
-        labels="fashion-mnist",
+        **FASHION_DATA,
         source="edgevit",
         license="apache-2.0 (weights trained here on Fashion-MNIST, MIT)",
         embedded_weights="vit_fmnist_tiny.safetensors",

@@ -18,10 +18,8 @@ import functools
 
 from edgevit.models._registry import ModelSpec, register_model
 from edgevit.models._timm import import_timm
-from edgevit.models.labels import FASHION_MNIST_LABELS
+from edgevit.models.labels import FASHION_DATA, FASHION_MNIST_LABELS
 
-FASHION_MEAN = (0.2860,)  # the same statistics as catalog_edgevit.FASHION_MEAN/FASHION_STD
-FASHION_STD = (0.3530,)
 INPUT_SIZE = 64
 
 
@@ -42,12 +40,7 @@ def _entry(name: str, timm_name: str, family: str, attention: str, params_m: flo
             attention=attention,
             builder=functools.partial(_build, timm_name),
             input_size=(INPUT_SIZE, INPUT_SIZE),
-            color_mode="L",
-            mean=FASHION_MEAN,
-            std=FASHION_STD,
-            crop_pct=1.0,
-            interpolation="bilinear",
-            labels="fashion-mnist",
+            **FASHION_DATA,
             source=f"timm:{timm_name} (architecture)",
             license="apache-2.0 (weights trained here on Fashion-MNIST, MIT)",
             embedded_weights=f"{name}.safetensors",

@@ -17,13 +17,11 @@ from typing import Any
 
 from edgevit.models._registry import ModelSpec, register_model
 from edgevit.models.attention import get_attention, share_projections_across_layers
-from edgevit.models.labels import FASHION_MNIST_LABELS
+from edgevit.models.labels import FASHION_DATA, FASHION_MNIST_LABELS
 from edgevit.models.vit import EdgeViT
 
 __all__ = ["FIGURES", "FMNIST_ZOO_KWARGS", "SIZE_OPTIONS", "TINY_SIZE_OPTIONS", "TINY_ZOO_KWARGS", "ZOO_KIND", "zoo_vit"]
 
-FASHION_MEAN = (0.2860,)
-FASHION_STD = (0.3530,)
 
 # The catalog's attention kind of each mechanism (ModelSpec.attention).
 ZOO_KIND = {
@@ -194,12 +192,7 @@ for _entry, _kwargs in FMNIST_ZOO_KWARGS.items():
             attention=ZOO_KIND[_entry],
             builder=_fmnist_builder(_entry),
             input_size=(32, 32),
-            color_mode="L",
-            mean=FASHION_MEAN,
-            std=FASHION_STD,
-            crop_pct=1.0,
-            interpolation="bilinear",
-            labels="fashion-mnist",
+            **FASHION_DATA,
             source="edgevit",
             license="apache-2.0",
             params_m=FIGURES.get(f"vit_fmnist_{_entry}", (0.0, 0.0))[0],
@@ -277,12 +270,7 @@ for _option, _kwargs in SIZE_OPTIONS.items():
             attention=ZOO_KIND["full"],
             builder=_size_option_builder("fmnist", _option),
             input_size=(32, 32),
-            color_mode="L",
-            mean=FASHION_MEAN,
-            std=FASHION_STD,
-            crop_pct=1.0,
-            interpolation="bilinear",
-            labels="fashion-mnist",
+            **FASHION_DATA,
             source="edgevit",
             license="apache-2.0",
             params_m=FIGURES[f"vit_fmnist_full_{_option}"][0],

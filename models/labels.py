@@ -6,7 +6,7 @@ import functools
 
 from edgevit.errors import UnknownNameError
 
-__all__ = ["FASHION_MNIST_LABELS", "get_labels"]
+__all__ = ["FASHION_DATA", "FASHION_MEAN", "FASHION_MNIST_LABELS", "FASHION_STD", "get_labels"]
 
 FASHION_MNIST_LABELS = (
     "T-shirt/top",
@@ -38,3 +38,11 @@ def get_labels(name: str) -> tuple[str, ...]:
     if name == "fashion-mnist":
         return FASHION_MNIST_LABELS
     raise UnknownNameError(name, ["imagenet", "fashion-mnist"], hint="(label sets)")
+
+
+# How every Fashion-MNIST catalog entry reads its images: grayscale, the whole frame, the dataset's
+# own statistics (train split mean/std), its labels.
+FASHION_MEAN = (0.2860,)
+FASHION_STD = (0.3530,)
+FASHION_DATA = dict(color_mode="L", mean=FASHION_MEAN, std=FASHION_STD, crop_pct=1.0, interpolation="bilinear",
+                    labels="fashion-mnist")
