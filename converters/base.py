@@ -147,6 +147,10 @@ class Converter(abc.ABC):
         if fused_input and not self.supports_fused_input:
             raise ConfigError(f"target {self.name} does not take uint8 frames; export without --fused-input")
         merged = {**self.options, **options}
+        if "max_drop" in self.options:  # a quantizing target: check its quantization options now, before any work
+            from edgevit.converters.quantize import QuantSettings
+
+            QuantSettings.from_options(merged, ("float", "int16"))
         return ExportConfig(self.name, precision, merged, calibration, fused_input)
 
     def prepare(self, model: nn.Module, config: ExportConfig) -> nn.Module:

@@ -477,7 +477,7 @@ def _quantize_pt2e(model: torch.nn.Module, example: torch.Tensor, metadata: Arti
             raise ConversionError(
                 f"int8 could not meet the fidelity target ({target.describe()}): naive int8 gives "
                 f"{naive.summary()}; the ViT-aware mix keeping {', '.join(result.kept) or 'no further group'} out "
-                f"of int8 gives {result.final.summary()}. Relax it (--option max_drop=N / min_cosine=C), or use "
+                f"of int8 gives {result.final.summary()}. Relax it (--option max_drop=N / min_agreement=A / min_cosine=C), or use "
                 "--precision int8-dynamic"
             )
         exclude = by_design.union(*(members[k] for k in result.kept))

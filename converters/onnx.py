@@ -498,7 +498,7 @@ def _quantize_onnx(proto, model, metadata: ArtifactMetadata, config: ExportConfi
                         raise ConversionError(
                             f"int8 could not meet the fidelity target ({target.describe()}): naive int8 gives "
                             f"{naive.summary()}; the ViT-aware mix keeping {', '.join(result.kept) or 'no further group'} "
-                            f"out of int8 gives {result.final.summary()}. Relax it (--option max_drop=N / min_cosine=C), "
+                            f"out of int8 gives {result.final.summary()}. Relax it (--option max_drop=N / min_agreement=A / min_cosine=C), "
                             "or use --precision int8-dynamic or fp16"
                         )
                     data = build(frozenset(result.kept))

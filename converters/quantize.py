@@ -82,6 +82,7 @@ QUANT_OPTIONS: dict[str, Any] = {
     "recipe": "vit-aware",  # vit-aware | naive
     "max_drop": 1.0,  # top-1 points vs float on labelled calibration images
     "min_cosine": 0.99,  # mean logit cosine vs float, where the images carry no labels
+    "min_agreement": 0.98,  # with labels, also: top-1 agreement with the float model (0 turns it off)
     "calibration_images": 64,  # images that set the activation ranges
     "search_images": 256,  # further held-out images that judge the recipe (0: reuse calibration)
     "keep": "float",  # precision of the ops the search keeps out of int8: float | int16
@@ -103,6 +104,7 @@ class QuantSettings:
     recipe: str = "vit-aware"
     max_drop: float = 1.0
     min_cosine: float = 0.99
+    min_agreement: float = 0.98
     calibration_images: int = 64
     search_images: int = 256
     keep: str = "float"
@@ -116,6 +118,8 @@ class QuantSettings:
             raise ConfigError(f"max_drop is in top-1 points, 0..100; got {self.max_drop!r}")
         if not (isinstance(self.min_cosine, (int, float)) and 0 < self.min_cosine <= 1):
             raise ConfigError(f"min_cosine must be in (0, 1]; got {self.min_cosine!r}")
+        if not (isinstance(self.min_agreement, (int, float)) and 0 <= self.min_agreement <= 1):
+            raise ConfigError(f"min_agreement is a fraction of images, 0..1 (0 turns it off); got {self.min_agreement!r}")
         if not (isinstance(self.calibration_images, int) and self.calibration_images >= 1):
             raise ConfigError(f"calibration_images must be an integer >= 1; got {self.calibration_images!r}")
         if not (isinstance(self.search_images, int) and self.search_images >= 0):
@@ -139,7 +143,9 @@ class QuantSettings:
         return settings
 
     def target(self, labelled: bool) -> FidelityTarget:
-        return FidelityTarget(self.max_drop if labelled else None, None if labelled else self.min_cosine)
+        if labelled:
+            return FidelityTarget(self.max_drop, None, self.min_agreement or None)
+        return FidelityTarget(None, self.min_cosine)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,23 +351,29 @@ def fidelity(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | 
 
 @dataclass(frozen=True)
 class FidelityTarget:
-    """``max_drop`` top-1 points on labelled images, else ``min_cosine`` mean cosine."""
+    """``max_drop`` top-1 points on labelled images (and, if set, ``min_agreement``: the share of
+    images whose top-1 class stays the float model's), else ``min_cosine`` mean cosine."""
 
     max_drop: float | None = None
     min_cosine: float | None = None
+    min_agreement: float | None = None
 
     def met(self, f: Fidelity) -> bool:
         if self.max_drop is not None and f.drop is not None:
-            return f.drop <= self.max_drop + 1e-9
+            agrees = self.min_agreement is None or f.top1_agreement >= self.min_agreement - 1e-9
+            return f.drop <= self.max_drop + 1e-9 and agrees
         return f.cosine_mean >= (self.min_cosine if self.min_cosine is not None else 0.99)
 
     def describe(self) -> str:
         if self.max_drop is not None:
-            return f"top-1 drop <= {self.max_drop:g} points vs float on labelled held-out images"
+            agree = f" and top-1 agreement >= {self.min_agreement:.1%}" if self.min_agreement is not None else ""
+            return f"top-1 drop <= {self.max_drop:g} points{agree} vs float on labelled held-out images"
         return f"mean logit cosine >= {self.min_cosine:g} vs float (no labels)"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"max_drop": self.max_drop} if self.max_drop is not None else {"min_cosine": self.min_cosine}
+        if self.max_drop is None:
+            return {"min_cosine": self.min_cosine}
+        return {"max_drop": self.max_drop, **({"min_agreement": self.min_agreement} if self.min_agreement is not None else {})}
 
 
 # ----------------------------------------------------------------------------------------------

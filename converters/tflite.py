@@ -477,7 +477,7 @@ def _quantize_tflite(float_data: bytes, model, metadata: ArtifactMetadata, confi
         raise ConversionError(
             f"int8 could not meet the fidelity target ({target.describe()}): naive int8 gives "
             f"{naive.summary()}; the ViT-aware mix keeping {', '.join(result.kept) or 'no further group'} out of int8 "
-            f"gives {result.final.summary()}. Relax it (--option max_drop=N / min_cosine=C), or use "
+            f"gives {result.final.summary()}. Relax it (--option max_drop=N / min_agreement=A / min_cosine=C), or use "
             "--precision int8-dynamic or fp16"
         )
     quantized = build(frozenset(result.kept), naive=not vit_aware)

@@ -66,6 +66,10 @@ def test_every_command_has_help_with_an_example(command, capsys):
         (["export", "mobilevit_xxs", "--target", "tflit"], "unknown target 'tflit'"),
         (["predict", "missing.tflite", "x.jpg"], "no such artifact"),
         (["info", "nope"], "unknown model"),
+        (["export", "vit_fmnist_tiny", "--precision", "int8", "--calibration", "fashion-mnist", "--max-drop", "0.5",
+          "--option", "max_drop=2"], "--max-drop 0.5 contradicts --option max_drop=2"),
+        (["export", "vit_fmnist_tiny", "--precision", "int8", "--calibration", "fashion-mnist",
+          "--min-agreement", "98"], "min_agreement is a fraction of images, 0..1"),
     ],
 )
 def test_user_errors_print_error_without_traceback(args, match):

@@ -37,7 +37,7 @@ def test_settings_validate_themselves():
     assert qz.QuantSettings.from_options({"recipe": "naive", "max_drop": 0.5}).max_drop == 0.5
     for bad, pattern in [({"recipe": "smart"}, "vit-aware, naive"), ({"max_drop": -1}, "max_drop"),
                          ({"min_cosine": 1.5}, "min_cosine"), ({"calibration_images": 0}, "calibration_images"),
-                         ({"fallback": "yes"}, "fallback")]:
+                         ({"fallback": "yes"}, "fallback"), ({"min_agreement": 98}, "min_agreement")]:
         with pytest.raises(ConfigError, match=pattern):
             qz.QuantSettings.from_options(bad)
     with pytest.raises(ConfigError, match="keep=int16 is not available on this target; supported: float"):
@@ -59,6 +59,13 @@ def test_fidelity_metrics():
     g = qz.fidelity(ref, flipped, labels=np.array([0, 1, 2, 0]))
     assert g.top1_agreement == 0.75 and g.top1 == 1.0 and g.drop == pytest.approx(-25.0)  # gained 25 points
     assert qz.FidelityTarget(max_drop=0.0).met(g) and not qz.FidelityTarget(min_cosine=0.999).met(g)
+    # a gain in top-1 does not hide changed answers: 1 of 4 images changes class
+    assert not qz.FidelityTarget(max_drop=0.0, min_agreement=0.98).met(g)
+    assert qz.FidelityTarget(max_drop=0.0, min_agreement=0.75).met(g)
+    labelled = qz.QuantSettings().target(labelled=True)
+    assert labelled.to_dict() == {"max_drop": 1.0, "min_agreement": 0.98} and "agreement >= 98.0%" in labelled.describe()
+    assert qz.QuantSettings(min_agreement=0).target(labelled=True).to_dict() == {"max_drop": 1.0}
+    assert qz.QuantSettings().target(labelled=False).to_dict() == {"min_cosine": 0.99}
 
 
 def _synthetic(harm: dict[str, float], n=400, classes=10, seed=0):
@@ -273,7 +280,7 @@ def test_tflite_int8_vit_aware(fmnist, tmp_path):
     meta = load(r.path).metadata  # the recipe travels inside the artifact
     assert meta.precision == "int8"
     recorded = meta.extra["quantization"]
-    assert recorded["recipe"] == "vit-aware" and recorded["target"] == {"max_drop": 1.0} and recorded["target_met"]
+    assert recorded["recipe"] == "vit-aware" and recorded["target"] == {"max_drop": 1.0, "min_agreement": 0.98} and recorded["target_met"]
     assert recorded["kept_out_of_int8"] == {"float": list(q["search"]["kept"])}
     assert recorded["calibration"]["source"] == "fashion-mnist" and recorded["calibration"]["images"] == 32
     assert meta.fallbacks == ()

@@ -38,6 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fused-input", action="store_true",
                    help="fold normalisation into the model: it takes uint8 HxWx3 frames directly")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="target-specific option (repeatable)")
+    p.add_argument("--max-drop", type=float, metavar="POINTS",
+                   help="int8 fidelity target: top-1 drop vs float on labelled calibration images (default 1.0; "
+                        "same as --option max_drop=POINTS)")
+    p.add_argument("--min-agreement", type=float, metavar="FRACTION",
+                   help="int8 fidelity target with labels: share of images keeping the float model's top-1 "
+                        "(default 0.98, 0 turns it off; same as --option min_agreement=FRACTION)")
     p.add_argument("--no-verify", action="store_true", help="skip verification against the float model")
     p.add_argument("--db", metavar="FILE", help="results database (default: ~/.cache/edgevit/results.sqlite)")
     p.add_argument("--no-record", action="store_true", help="do not store the result in the database")
@@ -119,9 +125,25 @@ def _not_fitting_hint(model: str, weights: str | os.PathLike) -> str:
             f"(it carries the pruning plan) with its base model's name")
 
 
+def _options(args: argparse.Namespace) -> dict:
+    """``--option`` pairs plus the fidelity-target shortcuts (which must not contradict them)."""
+    from edgevit.cli._common import parse_options
+    from edgevit.errors import ConfigError
+
+    options = parse_options(args.option)
+    for key in ("max_drop", "min_agreement"):
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if key in options and options[key] != value:
+            raise ConfigError(f"--{key.replace('_', '-')} {value:g} contradicts --option {key}={options[key]}; pass one")
+        options[key] = value
+    return options
+
+
 def run(args: argparse.Namespace) -> int:
     from edgevit.cli import emit_json, json_stdout_guard
-    from edgevit.cli._common import parse_options, print_export_result
+    from edgevit.cli._common import print_export_result
     from edgevit.converters import export
     from edgevit.errors import ModelError
 
@@ -141,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
                 calibration=args.calibration,
                 fused_input=args.fused_input,
                 verify=not args.no_verify,
-                options=parse_options(args.option),
+                options=_options(args),
             )
         except ModelError as exc:
             if args.weights is None or "does not fit this model" not in str(exc):
