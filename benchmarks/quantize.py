@@ -102,8 +102,11 @@ def _save(results: dict) -> None:
                 for sub, row in value.items():
                     if sub not in mine or mine[sub] == loaded.get(key, {}).get(sub):
                         mine[sub] = row
+                        # taken from the disk: still not this run's row at the next save
+                        _LOADED.setdefault(part, {}).setdefault(key, {})[sub] = json.loads(json.dumps(row))
             elif mine == loaded.get(key):
                 results[part][key] = value
+                _LOADED.setdefault(part, {})[key] = json.loads(json.dumps(value))
     results["machine"] = {
         "platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
         "updated": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
@@ -309,12 +312,18 @@ def bench_accuracy(models, targets, max_drop: float, test_limit: int | None, res
                     precision, opts = _split(variant)
                     options = {**opts, "compare_fp32": False, "search_images": 1000}
                     # int8: the asked target first; if out of reach, looser ones (recorded as a miss).
-                    tries = sorted({max_drop, max(max_drop, 1.0), max(max_drop, 2.0)}) if variant == "int8" else [None]
+                    # (max_drop, min_agreement): the agreement target stays (default 0.98) until the last try.
+                    tries = ([(d, None) for d in sorted({max_drop, max(max_drop, 1.0), max(max_drop, 2.0)})]
+                             + [(max(max_drop, 2.0), 0.0)]) if variant == "int8" else [(None, None)]
                     missed = []
-                    for i, drop in enumerate(tries):
+                    for i, (drop, agreement) in enumerate(tries):
                         if drop is not None:
                             options["max_drop"] = drop
-                        with _step(f"{model} {target} {variant}" + (f" max_drop={drop}" if drop is not None else "")):
+                        if agreement is not None:
+                            options["min_agreement"] = agreement
+                        label = (f" max_drop={drop}" if drop is not None else "") + (
+                            f" min_agreement={agreement}" if agreement is not None else "")
+                        with _step(f"{model} {target} {variant}{label}"):
                             try:
                                 r = export(model, target, precision, out=Path(tmp) / f"{variant}-{i}", weights=weights,
                                            verify=False, calibration="fashion-mnist", options=options)
@@ -326,7 +335,7 @@ def bench_accuracy(models, targets, max_drop: float, test_limit: int | None, res
                                     break
                                 # The asked target is out of reach: record why, measure the mix the
                                 # next looser target gives (reported as a miss, never as a pass).
-                                missed.append({"max_drop": drop, "error": str(exc)[:900]})
+                                missed.append({"max_drop": drop, "min_agreement": agreement, "error": str(exc)[:900]})
                                 r = None
                             except Exception as exc:
                                 row[variant] = {"error": f"{type(exc).__name__}: {str(exc)[:600]}"}
@@ -351,6 +360,7 @@ def bench_accuracy(models, targets, max_drop: float, test_limit: int | None, res
                         "search": {k: q["search"][k] for k in ("met", "evaluations", "seconds")} if "search" in q else None,
                         "search_final": q.get("search", {}).get("final"),
                         "max_drop_used": options.get("max_drop") if variant == "int8" else None,
+                        "min_agreement_used": options.get("min_agreement", 0.98) if variant == "int8" else None,
                         "missed": missed or None,
                         "export_seconds": round(r.seconds, 1),
                     }
@@ -591,7 +601,11 @@ def _render_accuracy(acc: dict) -> list[str]:
                 kept = ", ".join(aware.get("kept_out_of_int8") or []) or "nothing"
                 ok = "yes" if aware["drop_points"] <= r.get("max_drop", 0.5) + 1e-9 else "NO"
                 if aware.get("missed"):
-                    kept += f" (searched with max_drop={aware['max_drop_used']}: {r.get('max_drop', 0.5)} was out of reach on the search images)"
+                    used = f"max_drop={aware['max_drop_used']}"
+                    if aware.get("min_agreement_used") == 0:
+                        used += " and no agreement target"
+                    kept += (f" (searched with {used}: max_drop={r.get('max_drop', 0.5)} with top-1 agreement >= 98% "
+                             "was out of reach on the search images)")
             else:
                 kept, ok = "-", "NO"
             lines.append(f"| {r['attention']} | {model} | {target} | {r['float_top1']:.2%} | {cell('int8-naive')} | "
@@ -610,7 +624,8 @@ def _render_accuracy(acc: dict) -> list[str]:
                                  f"< {need:.1%}: {flips} of {ph['images']} photos change class (logit cosine min "
                                  f"{ph['cosine_min']:.4f})")
                 for m in x.get("missed") or []:
-                    notes.append(f"- {model} / {target} / {v}: max_drop={m['max_drop']} not met: {m['error'][:500]}")
+                    agreement = "" if m.get("min_agreement") is None else f", min_agreement={m['min_agreement']}"
+                    notes.append(f"- {model} / {target} / {v}: max_drop={m['max_drop']}{agreement} not met: {m['error'][:500]}")
             by_design = aware.get("float_by_design") if isinstance(aware, dict) else None
             if by_design:
                 notes.append(f"- {model} / {target}: float by design: {'; '.join(by_design)}")

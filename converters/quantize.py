@@ -28,7 +28,8 @@ outliers. The recipe, against the naive one (every op int8, the tool's default c
    all but that group int8; keep groups out of int8, most harmful first, until the target is met;
    then drop any kept group the target does not need.
 
-The target is ``max_drop`` top-1 points against the float model on labelled images, or
+The target is ``max_drop`` top-1 points against the float model on labelled images together with
+``min_agreement`` (the share of images whose top-1 class stays the float model's), or
 ``min_cosine`` (mean cosine similarity of logits) where the images carry no labels. A target the
 search cannot meet is an error naming the numbers and the options, never a silent fallback.
 """
@@ -465,7 +466,9 @@ def search_mix(
 
     kept: list[str] = []
     current = base
-    for g in helpful:
+    # The groups that help first; if the target is still unmet (top-1 agreement can hinge on a few
+    # near-ties that no single group decides), the remaining groups, most sensitive first.
+    for g in helpful + [g for g, _ in ranked if g not in helpful]:
         kept.append(g)
         current = measure(kept)
         result.steps.append((tuple(kept), current))

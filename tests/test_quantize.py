@@ -458,4 +458,10 @@ def test_benchmark_results_merge_keeps_rows_another_run_wrote(tmp_path, monkeypa
     bench._save(mine)
     saved = json.loads(path.read_text())["accuracy"]
     assert saved == {"m": {"tflite": {"mine": 5}, "onnx": {"new": 3}}, "n": {"tflite": {"new": 4}}}
+    # the other run writes onnx again; this run saves again: the newer onnx row stays
+    other = json.loads(path.read_text())
+    other["accuracy"]["m"]["onnx"] = {"newer": 6}
+    path.write_text(json.dumps(other))
+    bench._save(mine)
+    assert json.loads(path.read_text())["accuracy"]["m"] == {"tflite": {"mine": 5}, "onnx": {"newer": 6}}
     assert (tmp_path / "quantize.md").read_text() == "rendered\n"
