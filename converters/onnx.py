@@ -376,7 +376,10 @@ def _onnx_ops(proto, model) -> list:
         paths = [s for s in scopes[:-1] if s in modules]
         module = paths[-1] if paths else ""
         activations = [i for i in node.input if i and i not in initializers and i not in constants]
-        if any(role_of_module(type(modules[p]).__name__) == "norm" for p in paths[-2:]):
+        # a norm's own ops (LayerNorm rewritten as linear/conv means) stay float by design; a
+        # convolution carrying a folded BatchNorm (the exporter names it after the BatchNorm) is a conv
+        if any(role_of_module(type(modules[p]).__name__) == "norm" and "batchnorm" not in type(modules[p]).__name__.lower()
+               for p in paths[-2:]):
             role = "norm"
         elif node.op_type in ("Conv", "Gemm") or (node.op_type == "MatMul" and len(activations) == 1):
             role = "linear"
