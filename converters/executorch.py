@@ -27,7 +27,8 @@ from edgevit.converters.quantize import (
 )
 from edgevit.errors import ConversionError
 from edgevit.metadata import METADATA_KEY, ArtifactMetadata
-from edgevit.runtimes.executorch import DIGEST_METHOD, DIGEST_PREFIX, check_pte, pte_digest
+from edgevit.runtimes.executorch import DIGEST_METHOD, check_pte
+from edgevit.runtimes.integrity import PLACEHOLDER, seal
 
 if TYPE_CHECKING:
     import torch
@@ -161,15 +162,13 @@ class ExecuTorchConverter(Converter):
 
 def _seal(buffer: bytes) -> bytes:
     """Write the file's SHA-256 into the digest placeholder (same length, so the flatbuffer
-    layout does not move); the runtime checks it before loading (see runtimes/executorch.py)."""
-    data = bytearray(buffer)
-    at = data.find(DIGEST_PREFIX)
-    if at < 0 or data.find(DIGEST_PREFIX, at + 1) >= 0:
-        raise ConversionError("ExecuTorch program does not hold exactly one edgevit digest placeholder")
-    at += len(DIGEST_PREFIX)
-    data[at : at + 64] = pte_digest(data, at).encode("ascii")
-    check_pte(bytes(data), "the exported program")
-    return bytes(data)
+    layout does not move); the runtime checks it before loading (see runtimes/integrity.py)."""
+    try:
+        data = seal(buffer)
+    except ValueError:
+        raise ConversionError("ExecuTorch program does not hold exactly one edgevit digest placeholder") from None
+    check_pte(data, "the exported program")
+    return data
 
 
 def _failing_op(exc: BaseException) -> str | None:
@@ -203,7 +202,7 @@ def _lower(model: torch.nn.Module, example: torch.Tensor, metadata: ArtifactMeta
             partitioner=[XnnpackPartitioner()],
             constant_methods={
                 METADATA_KEY: metadata.to_json(),
-                DIGEST_METHOD: (DIGEST_PREFIX + b"0" * 64).decode("ascii"),
+                DIGEST_METHOD: PLACEHOLDER.decode("ascii"),
             },
         )
         report = delegation_report(edge.exported_program().graph_module)

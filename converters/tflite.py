@@ -15,19 +15,22 @@ from edgevit.converters.quantize import (
 )
 from edgevit.errors import ConfigError, ConversionError
 from edgevit.metadata import METADATA_KEY, ArtifactMetadata
+from edgevit.runtimes.integrity import PLACEHOLDER, seal
+from edgevit.runtimes.tflite import DIGEST_KEY
 
 __all__ = ["TFLiteConverter", "embed_tflite_metadata"]
 
 
 def embed_tflite_metadata(data: bytes, key: str, value: bytes, strip_names: bool = False) -> bytes:
-    """Return ``data`` with a metadata entry ``key`` (replacing one of the same name).
+    """Return ``data`` with a metadata entry ``key`` (replacing one of the same name), sealed with
+    the edgevit integrity digest (entry ``edgevit_sha256``, see :mod:`edgevit.runtimes.integrity`),
+    which the runtime checks before the interpreter reads the file.
 
     ``strip_names`` drops the tensor names: litert-torch names every tensor after the module stack
     that produced it, which is debugging information only (the runtime addresses tensors by index
     and signature), yet 0.26 MB of MobileViT-XXS's file, 16% of its int8 model. Signatures, op
     codes and metadata are kept (unlike ``flatbuffer_utils.strip_strings``, which drops signatures).
     """
-    from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
@@ -35,14 +38,28 @@ def embed_tflite_metadata(data: bytes, key: str, value: bytes, strip_names: bool
         for subgraph in model.subgraphs:
             for tensor in subgraph.tensors:
                 tensor.name = None
+    _set_metadata(model, key, value)
+    _set_metadata(model, DIGEST_KEY, PLACEHOLDER)
+    return seal(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _set_metadata(model, key: str, value: bytes) -> None:
+    """Set entry ``key`` to ``value``, rewriting the buffer of an existing entry in place (an
+    orphaned old buffer would keep its bytes, a stale digest among them, in the file)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    for entry in model.metadata or []:
+        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+        if name == key:
+            model.buffers[entry.buffer].data = list(value)
+            return
     buffer = schema.BufferT()
     buffer.data = list(value)
     model.buffers.append(buffer)
     entry = schema.MetadataT()
     entry.name = key
     entry.buffer = len(model.buffers) - 1
-    model.metadata = [m for m in (model.metadata or []) if m.name not in (key, key.encode())] + [entry]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    model.metadata = [*(model.metadata or []), entry]
 
 
 @register_converter

@@ -27,7 +27,6 @@ to the pool): a request for a different size while another artifact is loaded ra
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import weakref
@@ -39,6 +38,7 @@ import numpy as np
 from edgevit.errors import ArtifactError, ConfigError, MissingDependencyError
 from edgevit.metadata import METADATA_KEY, ArtifactMetadata
 from edgevit.runtimes.base import Runtime, register_runtime
+from edgevit.runtimes.integrity import DIGEST_PREFIX, check_digest, digest_at
 
 __all__ = [
     "DIGEST_METHOD",
@@ -49,43 +49,12 @@ __all__ = [
 ]
 
 DIGEST_METHOD = f"{METADATA_KEY}_sha256"
-DIGEST_PREFIX = b"edgevit-sha256:"
-_DIGEST_HEX = 64
+pte_digest = digest_at  # the name this module exported before the digest was shared with TFLite
 _HEAD_BYTES = 64  # ExecuTorch reads this much to find the file identifier and extended header
 _EXTENDED_HEADER_MAGIC = b"eh00"
 
 _POOL_LOCK = threading.Lock()
 _LIVE: weakref.WeakSet[ExecuTorchRuntime] = weakref.WeakSet()
-
-
-def pte_digest(data: bytes | bytearray | memoryview, at: int) -> str:
-    """SHA-256 of ``data`` with the 64 digest characters at offset ``at`` read as ``0``."""
-    h = hashlib.sha256()
-    view = memoryview(data)
-    h.update(view[:at])
-    h.update(b"0" * _DIGEST_HEX)
-    h.update(view[at + _DIGEST_HEX :])
-    return h.hexdigest()
-
-
-def _find_digest(data: bytes, name: str) -> tuple[int, str]:
-    at = data.find(DIGEST_PREFIX)
-    if at < 0:
-        raise ArtifactError(
-            f"{name} has no edgevit integrity digest: it was not exported by edgevit "
-            "(or is damaged); export it with `edgevit export --target executorch`"
-        )
-    if data.find(DIGEST_PREFIX, at + 1) >= 0:
-        raise ArtifactError(f"{name} is corrupt: it holds more than one edgevit digest")
-    start = at + len(DIGEST_PREFIX)
-    stored = data[start : start + _DIGEST_HEX]
-    try:
-        text = stored.decode("ascii")
-    except UnicodeDecodeError:
-        text = ""
-    if len(text) != _DIGEST_HEX or any(c not in "0123456789abcdef" for c in text):
-        raise ArtifactError(f"{name} is corrupt: its integrity digest is damaged")
-    return start, text
 
 
 def check_pte(data: bytes, name: str = "model") -> None:
@@ -108,12 +77,7 @@ def check_pte(data: bytes, name: str = "model") -> None:
                 f"{name} is truncated or damaged: {len(data)} bytes, its header says {expected}; "
                 "copy the file again or re-export it"
             )
-    at, stored = _find_digest(data, name)
-    if pte_digest(data, at) != stored:
-        raise ArtifactError(
-            f"{name} is corrupt: its SHA-256 does not match the digest stored at export "
-            "(damaged in transfer or edited); copy the file again or re-export it"
-        )
+    check_digest(data, name, "edgevit export --target executorch")
 
 
 def _bindings() -> Any:

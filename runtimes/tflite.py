@@ -1,7 +1,10 @@
 """TFLite runtime: ai-edge-litert's interpreter (XNNPACK on by default), or tflite-runtime.
 
 The edgevit metadata lives in the flatbuffer's ``metadata`` table under the name ``edgevit``;
-it is read with the flatbuffer schema module that ai-edge-litert ships (data only).
+it is read with the flatbuffer schema module that ai-edge-litert ships (data only). A second entry,
+``edgevit_sha256``, holds the file's SHA-256 (see :mod:`edgevit.runtimes.integrity`); it is checked
+before the interpreter sees the file, because the interpreter does not verify the flatbuffer and
+can crash the process on a damaged one.
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ import numpy as np
 from edgevit.errors import ArtifactError, MissingDependencyError
 from edgevit.metadata import METADATA_KEY, ArtifactMetadata
 from edgevit.runtimes.base import Runtime, register_runtime
+from edgevit.runtimes.integrity import check_digest
 
-__all__ = ["TFLiteRuntime", "read_tflite_metadata"]
+__all__ = ["DIGEST_KEY", "TFLiteRuntime", "read_tflite_metadata"]
+
+DIGEST_KEY = f"{METADATA_KEY}_sha256"
 
 _TFLITE_IDENTIFIER = b"TFL3"
 
@@ -131,13 +137,14 @@ class TFLiteRuntime(Runtime):
                 # Map instead of reading: the interpreter maps the file itself, so nothing is copied.
                 with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
                     entries = read_tflite_metadata(data, p.name)
+                    if METADATA_KEY not in entries:
+                        raise ArtifactError(
+                            f"{p.name} has no edgevit metadata; export it with `edgevit export` "
+                            "(labels and preprocessing are read from there)"
+                        )
+                    check_digest(data, p.name, "edgevit export --target tflite")
         except OSError as exc:
             raise ArtifactError(f"{p}: cannot read the artifact: {exc.strerror}") from None
-        if METADATA_KEY not in entries:
-            raise ArtifactError(
-                f"{p.name} has no edgevit metadata; export it with `edgevit export` "
-                "(labels and preprocessing are read from there)"
-            )
         self.metadata = ArtifactMetadata.from_json(entries[METADATA_KEY])
         try:
             self._interpreter = Interpreter(model_path=str(p), num_threads=threads)

@@ -201,35 +201,24 @@ def _strip_onnx_checksum(data: bytes) -> bytes:
     return data[: -onnx_runtime._TRAILER_LEN]
 
 
-def _restamp_pte(data: bytes) -> bytes:
-    from edgevit.runtimes import executorch as et
-
-    at = data.find(et.DIGEST_PREFIX)
-    if at < 0 or data.find(et.DIGEST_PREFIX, at + 1) >= 0:
-        return data
-    start = at + len(et.DIGEST_PREFIX)
-    out = bytearray(data)
-    out[start : start + 64] = et.pte_digest(data, start).encode("ascii")
-    return bytes(out)
-
-
 # ExecuTorch 1.5.1's Python bindings abort the process (std::terminate) when a C++ log line
 # holds bytes that are not UTF-8; see test_executorch_crafted_non_utf8_key_does_not_abort.
 _ET_UPSTREAM_ABORT = re.compile(r"error_already_set|UnicodeDecodeError")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("runtime", [r for r in ("onnx", "executorch") if r in RUNTIMES])
+@pytest.mark.parametrize("runtime", [r for r in ("tflite", "onnx", "executorch") if r in RUNTIMES])
 def test_crafted_artifacts_reach_the_engine_safely(runtime, artifacts, tmp_path):
     """Damaged files that get past the checksum, as a crafted file or another tool's export
-    would: ONNX without its checksum entry (loads unchecked by design), ExecuTorch with its
-    digest recomputed. The native engine parses them; still only EdgeVitErrors may come out."""
+    would: ONNX without its checksum entry (loads unchecked by design), TFLite and ExecuTorch
+    with their digest recomputed. The native engine parses them; still only EdgeVitErrors may
+    come out."""
     art = _artifact(artifacts, runtime)
     data = art.read_bytes()
     if runtime == "onnx":
         base, fix = _strip_onnx_checksum(data), (lambda b: b)
     else:
-        base, fix = data, _restamp_pte
+        base, fix = data, harness.restamp
     cases = []
     for name, damaged in harness.mutations(base, N_CRAFTED, seed=23):
         cases.append((name, _write(tmp_path, f"{name}{art.suffix}", fix(damaged))))
@@ -263,8 +252,8 @@ def test_executorch_crafted_non_utf8_key_does_not_abort(artifacts, tmp_path):
     crafted[pos + 26 : pos + 30] = b"\xce\x9a\xcb\xc8"  # not UTF-8
     ascii_ = bytearray(data)
     ascii_[pos + 26 : pos + 30] = b"zzzz"
-    cases = [("ascii-key", _write(tmp_path, "ascii.pte", _restamp_pte(bytes(ascii_)))),
-             ("non-utf8-key", _write(tmp_path, "crafted.pte", _restamp_pte(bytes(crafted))))]
+    cases = [("ascii-key", _write(tmp_path, "ascii.pte", harness.restamp(bytes(ascii_)))),
+             ("non-utf8-key", _write(tmp_path, "crafted.pte", harness.restamp(bytes(crafted))))]
     report = harness.run_loader_cases(cases)
     assert report.results[0].outcome == "edgevit"  # the same damage in ASCII is a clean error
     assert report.results[1].outcome == "edgevit", report.summary()
@@ -303,7 +292,7 @@ def test_executorch_metadata_that_is_not_utf8_is_an_artifact_error(artifacts, tm
     at = data.find(b'"model":"')
     assert at > 0
     data[at + 10] = 0xE9
-    p = _write(tmp_path, "m.pte", _restamp_pte(bytes(data)))
+    p = _write(tmp_path, "m.pte", harness.restamp(bytes(data)))
     with pytest.raises(ArtifactError, match="m.pte|metadata|UTF-8|utf-8"):
         load(p)
 
@@ -379,7 +368,7 @@ def _with_metadata(runtime: str, art: Path, tmp_path: Path, **changes) -> Path:
     data = art.read_bytes()
     old = b'"input_size":[28,28]'
     assert changes == {"input_size": (27, 28)} and data.count(old) == 1
-    return _write(tmp_path, "m.pte", _restamp_pte(data.replace(old, b'"input_size":[27,28]')))
+    return _write(tmp_path, "m.pte", harness.restamp(data.replace(old, b'"input_size":[27,28]')))
 
 
 @pytest.mark.slow

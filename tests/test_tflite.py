@@ -160,26 +160,70 @@ def test_broken_artifacts(tmp_path, content, match):
 
 
 @pytest.mark.slow
-def test_truncated_and_bitflipped_artifacts(exported, tmp_path):
+def test_truncated_and_bitflipped_artifacts_are_refused_before_the_interpreter(exported, tmp_path):
+    """The interpreter does not verify flatbuffers (a damaged table can crash the process; a flipped
+    weight is not noticed at all), so the SHA-256 digest sealed at export is checked first: every
+    damaged copy is an ArtifactError naming the damage, wherever the flip lands."""
     data = exported["global"].path.read_bytes()
     trunc = tmp_path / "trunc.tflite"
     trunc.write_bytes(data[: len(data) // 2])
     with pytest.raises(ArtifactError):
         load(trunc)
     rng = np.random.default_rng(0)
-    survived = 0
-    for i in range(20):
+    # Tables at the start, then anywhere (weights, metadata, the digest itself).
+    positions = [rng.integers(0, 4096, size=4) for _ in range(10)] + [rng.integers(0, len(data), size=1)
+                                                                    for _ in range(10)]
+    for i, where in enumerate(positions):
         flipped = bytearray(data)
-        for pos in rng.integers(0, 4096, size=8):  # the header/tables live at the start
-            flipped[pos] ^= 0xFF
+        for pos in where:
+            flipped[pos] ^= 0x01
         p = tmp_path / f"flip{i}.tflite"
         p.write_bytes(bytes(flipped))
-        try:
+        with pytest.raises(ArtifactError, match="corrupt|damaged|not a TFLite|no edgevit"):
             load(p)
-            survived += 1  # a flip in padding or weights can load; it must not crash the process
-        except ArtifactError:
-            pass
-    assert survived <= 20
+    assert load(exported["global"].path).metadata.model == "vit_fmnist_tiny"
+
+
+@pytest.mark.slow
+def test_artifact_without_the_digest_is_refused_with_the_fix(exported, tmp_path):
+    """An edgevit .tflite from before the digest, or another tool's file with edgevit metadata
+    pasted in, is refused (re-export), not passed to the interpreter unchecked."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from edgevit.runtimes.tflite import DIGEST_KEY
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(exported["global"].path.read_bytes()))
+    names = [m.name.decode() if isinstance(m.name, bytes) else m.name for m in model.metadata]
+    assert DIGEST_KEY in names and "edgevit" in names
+    model.metadata = [m for m, n in zip(model.metadata, names) if n != DIGEST_KEY]
+    for m in model.buffers:
+        if m.data is not None and bytes(m.data).startswith(b"edgevit-sha256:"):
+            m.data = None
+    p = tmp_path / "old.tflite"
+    p.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+    with pytest.raises(ArtifactError, match=r"no edgevit integrity digest.*edgevit export --target tflite"):
+        load(p)
+
+
+@pytest.mark.slow
+def test_re_embedding_metadata_re_seals_the_file(exported, tmp_path):
+    """Replacing the metadata rewrites the entry in place: one metadata entry, one digest, and the
+    file loads with the new metadata."""
+    from edgevit.converters.tflite import embed_tflite_metadata
+    from edgevit.runtimes.tflite import read_tflite_metadata
+
+    rt = load(exported["global"].path)
+    meta = rt.metadata.replace(labels=tuple(f"class {i}" for i in range(len(rt.metadata.labels))))
+    data = exported["global"].path.read_bytes()
+    for _ in range(2):
+        data = embed_tflite_metadata(data, "edgevit", meta.to_json().encode())
+    assert data.count(b"edgevit-sha256:") == 1
+    assert len(data) - exported["global"].path.stat().st_size < 200  # the old entry's buffer is reused
+    entries = read_tflite_metadata(data)
+    assert {"edgevit", "edgevit_sha256"} <= set(entries) and entries["edgevit"] == meta.to_json().encode()
+    p = tmp_path / "relabelled.tflite"
+    p.write_bytes(data)
+    assert load(p).metadata.labels[0] == "class 0"
 
 
 def test_unknown_suffix_and_missing_file(tmp_path):

@@ -24,6 +24,7 @@ import atheris
 import numpy  # noqa: F401  (not instrumented)
 
 import fuzz_common
+import reliability_harness
 
 with atheris.instrument_imports(include=["edgevit.runtimes.executorch", "edgevit.metadata"]):
     from edgevit.runtimes import executorch as et_runtime
@@ -33,19 +34,6 @@ if _RESTAMP:
     sys.argv.remove("--restamp")
 _ARTIFACT = fuzz_common.real_artifact(sys.argv, "executorch") if __name__ == "__main__" else None
 _PATH = fuzz_common.scratch_file(".pte")
-_HEX = 64
-
-
-def restamp(data: bytes) -> bytes:
-    """``data`` with its edgevit digest recomputed, if it holds exactly one digest field."""
-    prefix = et_runtime.DIGEST_PREFIX
-    at = data.find(prefix)
-    if at < 0 or data.find(prefix, at + 1) >= 0 or at + len(prefix) + _HEX > len(data):
-        return data
-    start = at + len(prefix)
-    out = bytearray(data)
-    out[start : start + _HEX] = et_runtime.pte_digest(data, start).encode("ascii")
-    return bytes(out)
 
 
 def _text_mask(data: bytes):
@@ -83,7 +71,7 @@ def make_seeds() -> dict[str, bytes]:
 def test_one_input(data: bytes) -> None:
     if _RESTAMP and hits_known_upstream_abort(data):
         return
-    _PATH.write_bytes(restamp(data) if _RESTAMP else data)
+    _PATH.write_bytes(reliability_harness.restamp(data) if _RESTAMP else data)
     fuzz_common.load_and_run(_PATH, "executorch")
 
 

@@ -164,9 +164,22 @@ def mutations(data: bytes, count: int, seed: int = 0) -> list[tuple[str, bytes]]
     return out
 
 
+def restamp(data: bytes) -> bytes:
+    """``data`` with its edgevit integrity digest recomputed, as a crafted file would carry it (so
+    the bytes get past the digest check to the engine); unchanged unless it holds exactly one
+    digest slot."""
+    from edgevit.runtimes.integrity import seal
+
+    try:
+        return seal(data)
+    except ValueError:
+        return data
+
+
 def strip_tflite_weights(data: bytes) -> bytes:
-    """The same TFLite flatbuffer with every weight buffer emptied (the metadata buffer kept):
-    small, still a valid model file, and it fails inside the interpreter when run."""
+    """The same TFLite flatbuffer with every weight buffer emptied (the metadata buffers kept,
+    the digest recomputed): small, still a valid model file, and it fails inside the interpreter
+    when run."""
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
@@ -174,7 +187,7 @@ def strip_tflite_weights(data: bytes) -> bytes:
     for i, buf in enumerate(model.buffers):
         if i not in keep and buf.data is not None and len(buf.data) > 64:
             buf.data = None
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return restamp(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,80 @@
+"""The SHA-256 integrity digest that edgevit seals into ``.pte`` and ``.tflite`` artifacts.
+
+At export, the converter embeds a placeholder ``edgevit-sha256:`` + 64 ``0`` characters (an
+ExecuTorch constant method, a TFLite metadata entry) and :func:`seal` overwrites the zeros with
+the SHA-256 of the whole file as it is with the zeros in place. Same length, so nothing in the
+flatbuffer moves. The runtime calls :func:`check_digest` in plain Python *before* the bytes reach
+the C++ loader: the native loaders trust their input (a damaged flatbuffer can crash the process,
+and a flipped bit in the weights is not noticed at all), so a truncated, damaged or edited file is
+reported as :class:`ArtifactError` instead.
+
+This is integrity, not authenticity: anyone can re-seal an edited file. Load artifacts you trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from edgevit.errors import ArtifactError
+
+__all__ = ["DIGEST_HEX", "DIGEST_PREFIX", "PLACEHOLDER", "check_digest", "digest_at", "find_digest", "seal"]
+
+DIGEST_PREFIX = b"edgevit-sha256:"
+DIGEST_HEX = 64
+PLACEHOLDER = DIGEST_PREFIX + b"0" * DIGEST_HEX
+_HEX = frozenset(b"0123456789abcdef")
+
+
+def digest_at(data: bytes | bytearray | memoryview, at: int) -> str:
+    """SHA-256 of ``data`` with the 64 digest characters at offset ``at`` read as ``0``."""
+    h = hashlib.sha256()
+    with memoryview(data) as view:  # released on return: ``data`` may be an mmap about to close
+        h.update(view[:at])
+        h.update(b"0" * DIGEST_HEX)
+        h.update(view[at + DIGEST_HEX :])
+    return h.hexdigest()
+
+
+def find_digest(data, name: str, export_hint: str) -> tuple[int, str]:
+    """``(offset of the 64 hex characters, their text)`` of the one digest in ``data``.
+
+    ``export_hint`` completes the message for a file without one (``"edgevit export --target X"``).
+    """
+    at = data.find(DIGEST_PREFIX)
+    if at < 0:
+        raise ArtifactError(
+            f"{name} has no edgevit integrity digest: it was not exported by edgevit, by an edgevit "
+            f"older than the digest, or it is damaged; export it again with `{export_hint}`"
+        )
+    if data.find(DIGEST_PREFIX, at + 1) >= 0:
+        raise ArtifactError(f"{name} is corrupt: it holds more than one edgevit digest")
+    start = at + len(DIGEST_PREFIX)
+    stored = bytes(data[start : start + DIGEST_HEX])
+    if len(stored) != DIGEST_HEX or not set(stored) <= _HEX:
+        raise ArtifactError(f"{name} is corrupt: its integrity digest is damaged")
+    return start, stored.decode("ascii")
+
+
+def check_digest(data, name: str, export_hint: str) -> str:
+    """Raise :class:`ArtifactError` unless ``data`` holds a digest matching its content; return it."""
+    at, stored = find_digest(data, name, export_hint)
+    if digest_at(data, at) != stored:
+        raise ArtifactError(
+            f"{name} is corrupt: its SHA-256 does not match the digest stored at export "
+            "(damaged in transfer or edited); copy the file again or re-export it"
+        )
+    return stored
+
+
+def seal(data: bytes | bytearray) -> bytes:
+    """``data`` with its one digest (placeholder or stale) set to the SHA-256 of the content.
+
+    Raises :class:`ValueError` when ``data`` does not hold exactly one digest slot.
+    """
+    out = bytearray(data)
+    at = out.find(DIGEST_PREFIX)
+    if at < 0 or out.find(DIGEST_PREFIX, at + 1) >= 0 or at + len(DIGEST_PREFIX) + DIGEST_HEX > len(out):
+        raise ValueError("the artifact does not hold exactly one edgevit digest slot")
+    at += len(DIGEST_PREFIX)
+    out[at : at + DIGEST_HEX] = digest_at(out, at).encode("ascii")
+    return bytes(out)
