@@ -4,6 +4,7 @@ import android.content.Context
 import com.google.ai.edge.litert.Accelerator
 import com.google.ai.edge.litert.CompiledModel
 import com.google.ai.edge.litert.TensorBuffer
+import dev.edgevit.core.ArtifactDigest
 import dev.edgevit.core.ArtifactMetadata
 import dev.edgevit.core.EdgeVitException
 import dev.edgevit.core.InputTensor
@@ -29,6 +30,8 @@ class TfliteRunner(context: Context, assetName: String) : ModelRunner {
     init {
         val bytes = context.assets.open(assetName).use { it.readBytes() }
         metadata = TfliteMetadata.read(bytes, assetName)
+        // LiteRT does not verify the flatbuffer: check the export's SHA-256 before it sees the bytes.
+        ArtifactDigest.verify(bytes, assetName)
         val inputs = TfliteMetadata.inputs(bytes, assetName)
         val outputs = TfliteMetadata.outputs(bytes, assetName)
         if (inputs.size != 1 || outputs.isEmpty()) {

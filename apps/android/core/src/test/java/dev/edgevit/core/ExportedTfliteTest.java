@@ -27,6 +27,15 @@ public class ExportedTfliteTest {
                 StandardCharsets.UTF_8));
         TfliteMetadataTest.assertMatchesPython(path.getFileName().toString(), data, want);
         ArtifactMetadata m = TfliteMetadata.read(data, path.getFileName().toString());
+        // The digest Python sealed verifies here, and a flipped weight byte does not.
+        ArtifactDigest.verify(data, path.getFileName().toString());
+        data[data.length / 2] ^= 0x01;
+        try {
+            ArtifactDigest.verify(data, "flipped");
+            throw new AssertionError("a flipped byte passed the digest check");
+        } catch (EdgeVitException refused) {
+            data[data.length / 2] ^= 0x01;
+        }
         System.out.printf("exported %s: %d bytes, %s%n", path.getFileName(), data.length, m);
         assertEquals(ArtifactMetadata.fromJson((String) want.get("edgevit")).toString(), m.toString());
     }
