@@ -13,6 +13,12 @@ Sources, in the order they are tried:
 * a flat folder of images (``DIR/*.jpg``): unlabelled (fidelity is then judged by cosine
   similarity to the float model's logits).
 
+Any labelled source takes a split and a slice, ``SOURCE:SPLIT[START:STOP]`` (Python slice
+bounds, either may be left out): ``fashion-mnist:train[50000:]`` calibrates on training images
+that a model trained on the first 50,000 never saw. Quantization search on images the model was
+trained on overstates how often int8 keeps its answers (the model is surer of them); a held-out
+slice gives the figure that holds on new images.
+
 Dataset classes are matched to the model's labels by name (or by index for numbered classes,
 see :func:`edgevit.evaluate.label_mapping`); classes that match nothing make the set unlabelled
 and say why in :attr:`CalibrationSet.note`.
@@ -21,6 +27,7 @@ and say why in :attr:`CalibrationSet.note`.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -93,23 +100,60 @@ def _flat_image_folder(path: Path) -> list[Path] | None:
     return images
 
 
+_SPLIT_SPEC = re.compile(r"^(?P<source>.+):(?P<split>train|test)(?:\[(?P<start>\d*):(?P<stop>\d*)\])?$")
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """``SOURCE:SPLIT[START:STOP]`` taken apart (no suffix: the train split from its start)."""
+
+    source: str | os.PathLike
+    split: str | None = None
+    start: int = 0
+    stop: int | None = None
+
+    @classmethod
+    def parse(cls, source: str | os.PathLike) -> _Selection:
+        text = os.fspath(source)
+        m = _SPLIT_SPEC.match(text)
+        if m is None or Path(text).expanduser().exists():
+            return cls(source)
+        start, stop = m["start"], m["stop"]
+        return cls(m["source"], m["split"], int(start) if start else 0, int(stop) if stop else None)
+
+
 def _labelled_source(source: str | os.PathLike, count: int, labels: Sequence[str]):
-    """(images, labels or None, split, note) from a dataset name, IDX folder or class folders."""
+    """(images, labels or None, split, note) from a dataset name, IDX folder or class folders,
+    with an optional ``:split[start:stop]`` selection."""
     from edgevit.evaluate import label_mapping, load_eval_set
 
-    try:
-        data = load_eval_set(source, split="train", limit=count)
-    except DataError as exc:
-        if "no 'train' split" not in str(exc):
-            raise
-        data = load_eval_set(source, split="test", limit=count)  # a folder holding only a test split
+    sel = _Selection.parse(source)
+    if sel.split is not None:
+        data = load_eval_set(sel.source, split=sel.split)
+        total = len(data)
+        data = data.slice(sel.start, sel.stop)
+        if len(data) == 0:
+            raise DataError(
+                f"calibration source {os.fspath(source)} selects no images: the {sel.split} split of "
+                f"{os.fspath(sel.source)} has {total}; pick START:STOP within 0:{total}"
+            )
+        data = data.slice(0, count)
+        split = f"{sel.split}[{sel.start}:{'' if sel.stop is None else sel.stop}]"
+    else:
+        try:
+            data = load_eval_set(source, split="train", limit=count)
+        except DataError as exc:
+            if "no 'train' split" not in str(exc):
+                raise
+            data = load_eval_set(source, split="test", limit=count)  # a folder holding only a test split
+        split = data.split
     note = ""
     try:
         mapping, _how = label_mapping(data.classes, labels)
         mapped = mapping[np.asarray(data.labels, dtype=np.int64)]
     except DataError as exc:
         mapped, note = None, f"labels unused: {exc}"
-    return list(data.images), mapped, data.split, note
+    return list(data.images), mapped, split, note
 
 
 def load_calibration(

@@ -40,6 +40,10 @@ class EvalSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def slice(self, start: int = 0, stop: int | None = None) -> EvalSet:
+        """Images ``start:stop`` (Python slice bounds) as a new set."""
+        return EvalSet(self.name, self.images[start:stop], self.labels[start:stop], self.classes, self.split, self.source)
+
 
 def _norm(text: str) -> str:
     return " ".join(text.lower().replace("_", " ").replace("-", " ").replace("/", " ").split())
@@ -140,7 +144,7 @@ def load_eval_set(data: str | os.PathLike, split: str = "test", limit: int | Non
     if len(ds) == 0:
         raise DataError(f"{data}: the {split} split is empty")
     if limit is not None and limit < len(ds):
-        ds = EvalSet(ds.name, ds.images[:limit], ds.labels[:limit], ds.classes, ds.split, ds.source)
+        ds = ds.slice(0, limit)
     return ds
 
 

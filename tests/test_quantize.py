@@ -207,6 +207,31 @@ def test_calibration_from_a_dataset_uses_its_train_split():
         load_calibration(__file__, META)
 
 
+def test_calibration_split_and_slice_select_held_out_images(tmp_path):
+    """``SOURCE:SPLIT[START:STOP]``: images a model was not trained on (e.g. past its train_limit),
+    or another split; an empty selection is a DataError naming the split's size."""
+    from edgevit.calibration import load_calibration
+    from edgevit.data import load_dataset
+
+    try:
+        ds = load_dataset("fashion-mnist")
+    except DataError:
+        pytest.skip("dataset-fashion-mnist is not installed")
+    meta = META.replace(labels=ds.classes, mean=(0.286,), std=(0.353,))
+    tail = load_calibration("fashion-mnist:train[50000:]", meta, count=10)
+    assert tail.split == "train[50000:]" and tail.labels.tolist() == ds.train_labels[50000:50010].tolist()
+    window = load_calibration("fashion-mnist:test[5:8]", meta, count=10)
+    assert len(window) == 3 and window.labels.tolist() == ds.test_labels[5:8].tolist()
+    assert load_calibration("fashion-mnist:test", meta, count=4).labels.tolist() == ds.test_labels[:4].tolist()
+    with pytest.raises(DataError, match=r"selects no images: the train split of fashion-mnist has 60000"):
+        load_calibration("fashion-mnist:train[70000:]", meta, count=10)
+    # A folder whose name looks like a selection is still the folder.
+    odd = tmp_path / "shots:train"
+    odd.mkdir()
+    _png(odd / "a.png", 30)
+    assert len(load_calibration(odd, META, count=5)) == 1
+
+
 # ------------------------------------------------------------------------------------------------
 # real exports of the shipped Fashion-MNIST ViT
 

@@ -34,7 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", "-o", default="edgevit-out", help="output folder or file path (default: edgevit-out/)")
     p.add_argument("--force", action="store_true", help="overwrite an existing artifact")
     add_weights_arguments(p)
-    p.add_argument("--calibration", metavar="DIR|DATASET", help="calibration images for int8")
+    p.add_argument("--calibration", metavar="DIR|DATASET",
+                   help="calibration images for int8: an image folder, class folders or a dataset name; "
+                        "SOURCE:SPLIT[START:STOP] picks a split and slice, e.g. fashion-mnist:train[50000:] "
+                        "for images the model was not trained on")
     p.add_argument("--fused-input", action="store_true",
                    help="fold normalisation into the model: it takes uint8 HxWx3 frames directly")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="target-specific option (repeatable)")
