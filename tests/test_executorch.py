@@ -213,3 +213,36 @@ def test_threads_resize_the_process_wide_pool_only_when_safe(exported):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
     gc.collect()
+
+
+def test_artifact_that_misses_the_target_its_simulation_met_is_reported(monkeypatch, tmp_path):
+    """The ExecuTorch search judges PT2E's simulation; the lowered program is judged again on the
+    same held-out images, and a miss there is a warning and ``met: false``, not silence."""
+    from types import SimpleNamespace
+
+    import edgevit.runtimes
+    from edgevit.converters import executorch as et_conv
+    from edgevit.converters import quantize as qz
+
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(100, 10)).astype(np.float32)
+    labels = reference.argmax(1)
+    flipped = reference.copy()
+    flipped[:3] = -flipped[:3]  # 3 of 100 images change class: 97% agreement
+
+    class FakeRuntime:
+        def run(self, x):
+            return flipped[int(x[0, 0])][None]
+
+    monkeypatch.setattr(edgevit.runtimes, "load", lambda path, runtime=None: FakeRuntime())
+    search = SimpleNamespace(inputs=np.arange(100, dtype=np.float32)[:, None])
+    target = qz.FidelityTarget(max_drop=5.0, min_agreement=0.98)
+    section = {"search": {"met": True, "final": {"top1_agreement": 1.0}}}
+    warning = et_conv._judge_artifact(tmp_path / "m.pte", "executorch", section, search, reference, labels, target)
+    assert section["search"]["met"] is False and section["search"]["simulated_final"] == {"top1_agreement": 1.0}
+    assert section["search"]["final"]["top1_agreement"] == pytest.approx(0.97)
+    assert "misses the fidelity target" in warning and "97.0%" in warning
+    section = {"search": {"met": True, "final": {}}}
+    flipped[:] = reference
+    assert et_conv._judge_artifact(tmp_path / "m.pte", "executorch", section, search, reference, labels, target) is None
+    assert section["search"]["met"] is True
