@@ -25,7 +25,8 @@ machine load hits them alike; the load average before and after the loop is reco
 ``accuracy``: each trained model (weights in ``models/weights/``) is exported at naive int8, ViT-aware
 int8 (``--max-drop`` 0.5 points; calibration: 64 training images the model was not trained on,
 ``fashion-mnist:train[20000:]`` for the models trained here; the search judges its target on 1,000
-further such images, never on the test split), int8-dynamic and fp16 where the target has
+further such images (``--search-images``) against top-1 drop <= ``--max-drop`` and agreement >=
+``--min-agreement`` (0.98), never on the test split), int8-dynamic and fp16 where the target has
 them; every artifact runs the whole 10,000-image test split through its runtime, and its top-1
 agreement with the float model on the installed real photos is measured. A ViT-aware target the
 search cannot reach is recorded as a miss (the error's numbers kept) and the mix found with the next
@@ -292,7 +293,8 @@ def _accuracy_variants(target: str) -> list[str]:
     return ["int8-naive", "int8"] + [v for v in ("int8-dynamic", "fp16") if v in TARGET_PRECISIONS[target]]
 
 
-def bench_accuracy(models, targets, max_drop: float, test_limit: int | None, results: dict) -> None:
+def bench_accuracy(models, targets, max_drop: float, test_limit: int | None, results: dict,
+                   min_agreement: float = 0.98, search_images: int = 1000) -> None:
     import torch
 
     from edgevit.converters import export
@@ -319,11 +321,15 @@ def bench_accuracy(models, targets, max_drop: float, test_limit: int | None, res
         calibration = _calibration(model, results)
         for target in targets:
             row = {"attention": kind, "float_top1": round(float_top1, 4), "test_images": len(labels),
-                   "max_drop": max_drop, "weights": weights.name, "calibration": calibration}
+                   "max_drop": max_drop, "min_agreement": min_agreement, "search_images": search_images,
+                   "weights": weights.name,
+                   "calibration": calibration}
             with tempfile.TemporaryDirectory() as tmp:
                 for variant in _accuracy_variants(target):
                     precision, opts = _split(variant)
-                    options = {**opts, "compare_fp32": False, "search_images": 1000}
+                    options = {**opts, "compare_fp32": False, "search_images": search_images}
+                    if variant == "int8":
+                        options["min_agreement"] = min_agreement
                     # int8: the asked target first; if out of reach, looser ones (recorded as a miss).
                     # (max_drop, min_agreement): the agreement target stays (default 0.98) until the last try.
                     tries = ([(d, None) for d in sorted({max_drop, max(max_drop, 1.0), max(max_drop, 2.0)})]
@@ -618,7 +624,7 @@ def _render_accuracy(acc: dict) -> list[str]:
                     used = f"max_drop={aware['max_drop_used']}"
                     if aware.get("min_agreement_used") == 0:
                         used += " and no agreement target"
-                    kept += (f" (searched with {used}: max_drop={r.get('max_drop', 0.5)} with top-1 agreement >= 98% "
+                    kept += (f" (searched with {used}: max_drop={r.get('max_drop', 0.5)} with top-1 agreement >= {r.get('min_agreement', 0.98):.1%} "
                              "was out of reach on the search images)")
             else:
                 kept, ok = "-", "NO"
@@ -741,6 +747,10 @@ def main(argv=None) -> int:
     p.add_argument("--targets", nargs="*", default=list(TARGETS), choices=TARGETS)
     p.add_argument("--runs", type=int, default=30, help="timed runs per artifact after warm-up (speed; >= 20)")
     p.add_argument("--max-drop", type=float, default=0.5, help="ViT-aware target in top-1 points (accuracy)")
+    p.add_argument("--min-agreement", type=float, default=0.98,
+                   help="ViT-aware search target: top-1 agreement with float on the search images (accuracy)")
+    p.add_argument("--search-images", type=int, default=1000,
+                   help="held-out images that judge the ViT-aware search (accuracy)")
     p.add_argument("--wait-pid", type=int, default=None, help="speed: time only after this process has ended")
     p.add_argument("--test-limit", type=int, default=None, help="first N test images (accuracy; default all 10,000)")
     args = p.parse_args(argv)
@@ -752,7 +762,8 @@ def main(argv=None) -> int:
     if args.part in ("speed", "all"):
         bench_speed(args.models or SPEED_MODELS if args.part == "speed" else SPEED_MODELS, args.targets, args.runs, results, args.wait_pid)
     if args.part in ("accuracy", "all"):
-        bench_accuracy(per_kind, args.targets, args.max_drop, args.test_limit, results)
+        bench_accuracy(per_kind, args.targets, args.max_drop, args.test_limit, results, args.min_agreement,
+                       args.search_images)
     if args.part in ("coreml", "all"):
         coreml_sizes(per_kind, results)
     if args.part in ("profile", "all") and "executorch" in args.targets:

@@ -430,6 +430,25 @@ def test_benchmark_tables_flag_missed_targets_and_name_their_commands():
     assert "(25%)" in cm and "not measurable on Linux" in cm
 
 
+def test_benchmark_calibrates_on_images_the_model_was_not_trained_on():
+    """Models the bench trained on the first N training images are calibrated and searched on the
+    rest; the table says which images judged each model, and flags an artifact that missed the
+    target its simulation met."""
+    bench = _bench_module()
+    assert bench._calibration("m", {"training": {"m": {"train_limit": 20000}}}) == "fashion-mnist:train[20000:]"
+    assert bench._calibration("vit_fmnist_tiny", {}) == "fashion-mnist"  # trained on all 60,000 (sidecar)
+    photos = {"images": 27, "top1_agreement": 1.0, "cosine_min": 0.99, "passed": True}
+    final = {"images": 1000, "top1_agreement": 0.979, "drop_points": -0.7}
+    results = {"accuracy": {"mobilenet_fmnist": {"executorch": {
+        "attention": "cnn", "float_top1": 0.84, "test_images": 10000, "max_drop": 0.5,
+        "calibration": "fashion-mnist:train[20000:]",
+        "int8": {"top1": 0.838, "drop_points": 0.2, "photos": photos, "kept_out_of_int8": [],
+                 "search": {"met": False, "evaluations": 1, "seconds": 1.0}, "search_final": final}}}}}
+    md = bench.render(results)
+    assert "- mobilenet_fmnist: calibration and search images: `fashion-mnist:train[20000:]`" in md
+    assert "the artifact itself missed the search target on the 1000 search images (top-1 agreement 97.9%" in md
+
+
 @pytest.mark.parametrize("cls_name, role", [
     ("LayerNorm", "norm"), ("LinearMeanLayerNorm", "norm"), ("ConvMeanLayerNorm2d", "norm"),
     ("BatchNorm2d", "norm"), ("BatchNormAct2d", "norm"), ("RMSNorm", "norm"),
