@@ -266,6 +266,23 @@ def _calibration(model: str, results: dict) -> str:
     return f"fashion-mnist:train[{limit}:]" if limit else "fashion-mnist"
 
 
+def _float_margins(float_model, metadata, photos, names) -> dict[str, float]:
+    """``{photo: float top-1 minus top-2 probability, in points}`` for the photos whose class the
+    artifact changed: a small margin is a near-tie in the float model itself."""
+    import torch
+
+    from edgevit.preprocess import preprocess
+
+    out = {}
+    for name, image in photos:
+        if name in names:
+            with torch.no_grad():
+                p = torch.softmax(float_model(torch.from_numpy(preprocess(image, metadata))), 1)[0]
+            top2 = torch.topk(p, 2).values
+            out[name] = round(100 * float(top2[0] - top2[1]), 1)
+    return out
+
+
 def _test_inputs(spec, limit: int | None):
     import torch
 
@@ -373,7 +390,9 @@ def bench_accuracy(models, targets, max_drop: float, test_limit: int | None, res
                         "top1": round(top1, 4), "drop_points": round(100 * (float_top1 - top1), 2), "bytes": r.bytes,
                         "test_agreement": round(float((pred == float_pred).mean()), 4),
                         "photos": {"images": v.n_images, "top1_agreement": round(v.top1_agreement, 4),
-                                   "cosine_min": round(v.cosine_min, 5), "passed": v.passed},
+                                   "cosine_min": round(v.cosine_min, 5), "passed": v.passed,
+                                   "flipped": _float_margins(float_model, load(r.path).metadata, photos,
+                                                             v.disagreements)},
                         "kept_out_of_int8": [g["group"] for g in q.get("mix", {}).get("float", [])] if "mix" in q else None,
                         "float_by_design": q.get("float_by_design"),
                         "search": {k: q["search"][k] for k in ("met", "evaluations", "seconds")} if "search" in q else None,
@@ -640,9 +659,10 @@ def _render_accuracy(acc: dict) -> list[str]:
                 if "photos" in x and x["photos"]["top1_agreement"] < need:
                     ph = x["photos"]
                     flips = round((1 - ph["top1_agreement"]) * ph["images"])
+                    which = ", ".join(f"{n} (float top-2 margin {m:.1f} pts)" for n, m in (ph.get("flipped") or {}).items())
                     notes.append(f"- {model} / {target} / {v}: top-1 agreement on the photos {ph['top1_agreement']:.1%} "
-                                 f"< {need:.1%}: {flips} of {ph['images']} photos change class (logit cosine min "
-                                 f"{ph['cosine_min']:.4f})")
+                                 f"< {need:.1%}: {flips} of {ph['images']} photos change class"
+                                 f"{': ' + which if which else ''} (logit cosine min {ph['cosine_min']:.4f})")
                 for m in x.get("missed") or []:
                     agreement = "" if m.get("min_agreement") is None else f", min_agreement={m['min_agreement']}"
                     notes.append(f"- {model} / {target} / {v}: max_drop={m['max_drop']}{agreement} not met: {m['error'][:500]}")

@@ -442,11 +442,14 @@ def test_benchmark_calibrates_on_images_the_model_was_not_trained_on():
     results = {"accuracy": {"mobilenet_fmnist": {"executorch": {
         "attention": "cnn", "float_top1": 0.84, "test_images": 10000, "max_drop": 0.5,
         "calibration": "fashion-mnist:train[20000:]",
+        "int8-naive": {"top1": 0.83, "drop_points": 1.0, "kept_out_of_int8": [],
+                       "photos": {**photos, "top1_agreement": 26 / 27, "flipped": {"0000_ankle_boot": 2.0}}},
         "int8": {"top1": 0.838, "drop_points": 0.2, "photos": photos, "kept_out_of_int8": [],
                  "search": {"met": False, "evaluations": 1, "seconds": 1.0}, "search_final": final}}}}}
     md = bench.render(results)
     assert "- mobilenet_fmnist: calibration and search images: `fashion-mnist:train[20000:]`" in md
     assert "the artifact itself missed the search target on the 1000 search images (top-1 agreement 97.9%" in md
+    assert "1 of 27 photos change class: 0000_ankle_boot (float top-2 margin 2.0 pts)" in md
 
 
 @pytest.mark.parametrize("cls_name, role", [
