@@ -80,6 +80,15 @@ def check_pte(data: bytes, name: str = "model") -> None:
     check_digest(data, name, "edgevit export --target executorch")
 
 
+def _reason(exc: BaseException) -> str:
+    """The C++ loader's error as a message; ``std::bad_alloc`` (pybind11 turns it into
+    MemoryError) comes from sizes in the program that no real export has."""
+    if isinstance(exc, MemoryError):
+        return ("it asks for more memory than can be allocated (a damaged or crafted program, or a model too "
+                "large for this machine)")
+    return str(exc)
+
+
 def _bindings() -> Any:
     """ExecuTorch's pybindings module (imports torch, which the bindings need)."""
     try:
@@ -141,8 +150,8 @@ class ExecuTorchRuntime(Runtime):
                     program_verification=bindings.Verification.InternalConsistency,
                     data_path=None,
                 )
-            except RuntimeError as exc:
-                raise ArtifactError(f"{p.name} could not be loaded by ExecuTorch: {exc}") from None
+            except (RuntimeError, MemoryError) as exc:
+                raise ArtifactError(f"{p.name} could not be loaded by ExecuTorch: {_reason(exc)}") from None
             methods = {program.get_method_name(i) for i in range(program.num_methods())}
             for needed in ("forward", METADATA_KEY):
                 if needed not in methods:
@@ -153,10 +162,10 @@ class ExecuTorchRuntime(Runtime):
             self.metadata = ArtifactMetadata.from_json(self._constant(program, METADATA_KEY, p.name))
             try:
                 self._forward = program.load_method("forward")
-            except RuntimeError as exc:
+            except (RuntimeError, MemoryError) as exc:
                 backends = ", ".join(bindings._get_registered_backend_names()) or "none"
                 raise ArtifactError(
-                    f"{p.name}: ExecuTorch could not load its forward method ({exc}); "
+                    f"{p.name}: ExecuTorch could not load its forward method ({_reason(exc)}); "
                     f"backends registered in this ExecuTorch build: {backends}"
                 ) from None
             self._data = data  # the program may reference the buffer; keep it alive with it
@@ -178,8 +187,8 @@ class ExecuTorchRuntime(Runtime):
     def _constant(program: Any, method: str, name: str) -> str:
         try:
             value = program.load_method(method)([])
-        except (RuntimeError, UnicodeDecodeError) as exc:
-            raise ArtifactError(f"{name}: cannot read its {method!r} method: {exc}") from None
+        except (RuntimeError, UnicodeDecodeError, MemoryError) as exc:
+            raise ArtifactError(f"{name}: cannot read its {method!r} method: {_reason(exc)}") from None
         if len(value) != 1 or not isinstance(value[0], str):
             raise ArtifactError(f"{name}: method {method!r} does not return a string")
         return value[0]
@@ -194,7 +203,7 @@ class ExecuTorchRuntime(Runtime):
             chunk = np.ascontiguousarray(batch[i : i + self._batch], dtype=want)
             try:
                 out = self._forward([torch.from_numpy(chunk)])
-            except RuntimeError as exc:
-                raise ArtifactError(f"{self.path.name}: ExecuTorch failed to run the program: {exc}") from None
+            except (RuntimeError, MemoryError) as exc:
+                raise ArtifactError(f"{self.path.name}: ExecuTorch failed to run the program: {_reason(exc)}") from None
             rows.append(out[0].detach().numpy().astype(np.float32, copy=False))
         return np.concatenate(rows)

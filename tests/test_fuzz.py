@@ -59,7 +59,10 @@ def _fuzz(script: str, tmp_path: Path, *extra: str, seconds: int = SECONDS) -> t
 def _tail(proc: subprocess.CompletedProcess, n: int = 4000) -> str:
     text = proc.stdout + proc.stderr
     lines = [line for line in text.splitlines() if not line.startswith(("INFO: Instrumenting", "#"))]
-    return "\n".join(lines)[-n:]
+    out = "\n".join(lines)
+    # An escaping exception's traceback first: engine log lines can push it out of the tail.
+    at = out.rfind("=== Uncaught Python exception: ===")
+    return (out[at : at + n // 2] + "\n...\n" + out[-n // 2 :]) if at >= 0 else out[-n:]
 
 
 def _check(proc, runs, name, seconds: int = SECONDS) -> None:

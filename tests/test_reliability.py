@@ -237,6 +237,17 @@ def test_crafted_artifacts_reach_the_engine_safely(runtime, artifacts, tmp_path)
     print(f"\n{runtime} crafted: {len(cases)} inputs, {dict(counts)}, upstream aborts {len(upstream)}")
 
 
+@pytest.mark.skipif("executorch" not in RUNTIMES, reason="ExecuTorch is not installed")
+def test_executorch_program_that_asks_for_too_much_memory_is_an_artifact_error(tmp_path):
+    """A fuzzer-found program (tests/fuzz/regressions/, a damaged vit_fmnist_tiny export, digest
+    re-sealed as a crafted file would be) makes ExecuTorch's loader throw std::bad_alloc, which
+    pybind11 raises as MemoryError: it must come out as an ArtifactError naming the problem."""
+    crafted = (Path(__file__).parent / "fuzz" / "regressions" / "executorch-bad-alloc.pte").read_bytes()
+    p = _write(tmp_path, "crafted.pte", harness.restamp(crafted))
+    with pytest.raises(ArtifactError, match="more memory than can be allocated"):
+        load(p)
+
+
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="upstream bug: ExecuTorch 1.5.1 pybindings call std::terminate when a C++ "
                    "log message holds non-UTF-8 bytes (pybind11 ostream redirect); a .pte with a re-computed "
