@@ -80,6 +80,13 @@ def check_pte(data: bytes, name: str = "model") -> None:
     check_digest(data, name, "edgevit export --target executorch")
 
 
+# What pybind11 turns C++ exceptions into: std::bad_alloc -> MemoryError; invalid_argument,
+# domain_error, length_error -> ValueError; out_of_range -> IndexError; overflow_error ->
+# OverflowError; any other std::exception -> RuntimeError (UnicodeDecodeError, from a log line or a
+# string constant that is not UTF-8, is a ValueError).
+_NATIVE_ERRORS = (RuntimeError, MemoryError, ValueError, IndexError, OverflowError)
+
+
 def _reason(exc: BaseException) -> str:
     """The C++ loader's error as a message; ``std::bad_alloc`` (pybind11 turns it into
     MemoryError) comes from sizes in the program that no real export has."""
@@ -150,7 +157,7 @@ class ExecuTorchRuntime(Runtime):
                     program_verification=bindings.Verification.InternalConsistency,
                     data_path=None,
                 )
-            except (RuntimeError, MemoryError) as exc:
+            except _NATIVE_ERRORS as exc:
                 raise ArtifactError(f"{p.name} could not be loaded by ExecuTorch: {_reason(exc)}") from None
             methods = {program.get_method_name(i) for i in range(program.num_methods())}
             for needed in ("forward", METADATA_KEY):
@@ -162,7 +169,7 @@ class ExecuTorchRuntime(Runtime):
             self.metadata = ArtifactMetadata.from_json(self._constant(program, METADATA_KEY, p.name))
             try:
                 self._forward = program.load_method("forward")
-            except (RuntimeError, MemoryError) as exc:
+            except _NATIVE_ERRORS as exc:
                 backends = ", ".join(bindings._get_registered_backend_names()) or "none"
                 raise ArtifactError(
                     f"{p.name}: ExecuTorch could not load its forward method ({_reason(exc)}); "
@@ -187,7 +194,7 @@ class ExecuTorchRuntime(Runtime):
     def _constant(program: Any, method: str, name: str) -> str:
         try:
             value = program.load_method(method)([])
-        except (RuntimeError, UnicodeDecodeError, MemoryError) as exc:
+        except _NATIVE_ERRORS as exc:
             raise ArtifactError(f"{name}: cannot read its {method!r} method: {_reason(exc)}") from None
         if len(value) != 1 or not isinstance(value[0], str):
             raise ArtifactError(f"{name}: method {method!r} does not return a string")
@@ -203,7 +210,7 @@ class ExecuTorchRuntime(Runtime):
             chunk = np.ascontiguousarray(batch[i : i + self._batch], dtype=want)
             try:
                 out = self._forward([torch.from_numpy(chunk)])
-            except (RuntimeError, MemoryError) as exc:
+            except _NATIVE_ERRORS as exc:
                 raise ArtifactError(f"{self.path.name}: ExecuTorch failed to run the program: {_reason(exc)}") from None
             rows.append(out[0].detach().numpy().astype(np.float32, copy=False))
         return np.concatenate(rows)
