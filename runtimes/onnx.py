@@ -63,7 +63,7 @@ def _ort_errors(ort) -> tuple[type[BaseException], ...]:
     names = ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoModel", "NoSuchFile",
              "NotImplemented", "RuntimeException", "EPFail")
     found = tuple(getattr(state, n) for n in names if isinstance(getattr(state, n, None), type))
-    return found + (RuntimeError, ValueError)
+    return found + (RuntimeError, ValueError, MemoryError)  # MemoryError: pybind11's std::bad_alloc
 
 
 def _looks_foreign(data: bytes) -> str | None:

@@ -149,7 +149,7 @@ class TFLiteRuntime(Runtime):
         try:
             self._interpreter = Interpreter(model_path=str(p), num_threads=threads)
             self._interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError, MemoryError) as exc:  # MemoryError: std::bad_alloc
             raise ArtifactError(f"{p.name} could not be loaded by {self.engine}: {exc}") from None
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
@@ -188,7 +188,7 @@ class TFLiteRuntime(Runtime):
                 self._interpreter.set_tensor(self._input["index"], chunk)
                 self._interpreter.invoke()
                 out = self._interpreter.get_tensor(self._output["index"])
-            except (ValueError, RuntimeError) as exc:
+            except (ValueError, RuntimeError, MemoryError) as exc:  # MemoryError: std::bad_alloc
                 raise ArtifactError(f"{self.path.name}: {self.engine} failed to run the model: {exc}") from None
             rows.append(self._dequantize(out))
         return np.concatenate(rows)
