@@ -62,7 +62,7 @@ class UnknownNameError(EdgeVitError, ValueError):
         msg = f"unknown {self.kind} {name!r}"
         if close:
             msg += f"; did you mean {', '.join(repr(c) for c in close)}?"
-        elif len(self.choices) <= 12:
+        elif self.choices and len(self.choices) <= 12:
             msg += f"; choose one of: {', '.join(self.choices)}"
         if hint:
             msg += f" {hint}"
@@ -72,8 +72,10 @@ class UnknownNameError(EdgeVitError, ValueError):
 class UnknownModelError(UnknownNameError):
     kind = "model"
 
-    def __init__(self, name: str, choices: Iterable[str]) -> None:
-        super().__init__(name, choices, hint="(`edgevit list` shows the catalog)")
+    def __init__(self, name: str, choices: Iterable[str], hint: str = "") -> None:
+        super().__init__(name, choices, hint=hint or (
+            "(`edgevit list` shows the catalog; any timm architecture works as timm:NAME, a Hugging Face "
+            "image classifier as hf:ORG/NAME or a save_pretrained folder)"))
 
 
 class UnknownTargetError(UnknownNameError):

@@ -54,7 +54,7 @@ class ModelSpec:
     std: tuple[float, ...] = IMAGENET_STD
     crop_pct: float = 0.875
     interpolation: str = "bicubic"
-    labels: str = "imagenet"
+    labels: str | tuple[str, ...] = "imagenet"
     source: str = ""
     license: str = ""
     hub_id: str | None = None
@@ -64,6 +64,8 @@ class ModelSpec:
     gmacs: float = 0.0
     description: str = ""
     known_issues: Mapping[str, str] = field(default_factory=dict)
+    default_weights: str | None = None
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_KINDS:
@@ -82,10 +84,22 @@ class ModelSpec:
     def has_pretrained(self) -> bool:
         return bool(self.hub_id or self.embedded_weights)
 
-    def label_names(self, num_classes: int | None = None) -> tuple[str, ...]:
-        from edgevit.models.labels import get_labels
+    @property
+    def slug(self) -> str:
+        """``name`` made safe for file names (``timm:vit_small`` -> ``vit_small``)."""
+        from edgevit.models.sources import source_slug
 
-        labels = get_labels(self.labels)
+        return source_slug(self.name)
+
+    def label_names(self, num_classes: int | None = None) -> tuple[str, ...]:
+        """The class names; with ``num_classes`` that differs from them, ``class_0``... (callers
+        that export must check the count against the model's outputs, see ``resolve_labels``)."""
+        if isinstance(self.labels, tuple):
+            labels = self.labels
+        else:
+            from edgevit.models.labels import get_labels
+
+            labels = get_labels(self.labels)
         if num_classes is not None and num_classes != len(labels):
             return tuple(f"class_{i}" for i in range(num_classes))
         return labels
@@ -101,7 +115,7 @@ class ModelSpec:
             "std": list(self.std),
             "crop_pct": self.crop_pct,
             "interpolation": self.interpolation,
-            "labels": self.labels,
+            "labels": self.labels if isinstance(self.labels, str) else list(self.labels),
             "num_classes": len(self.label_names()),
             "source": self.source,
             "license": self.license,
@@ -112,6 +126,8 @@ class ModelSpec:
             "gmacs": self.gmacs,
             "description": self.description,
             "known_issues": dict(self.known_issues),
+            "default_weights": self.default_weights,
+            "notes": list(self.notes),
         }
 
 
@@ -175,11 +191,19 @@ def _ensure_catalog() -> None:
 
 
 def get_spec(name: str) -> ModelSpec:
-    """The catalog entry called ``name``; unknown names raise with the closest matches."""
+    """The spec of model source ``name``: a catalog entry, or ``timm:NAME``, ``hf:ORG/NAME`` or a
+    ``save_pretrained`` folder (see :mod:`edgevit.models.sources`). Unknown names raise with the
+    closest matches."""
     _ensure_catalog()
-    if name not in _CATALOG:
-        raise UnknownModelError(name, _CATALOG)
-    return _CATALOG[name]
+    if name in _CATALOG:
+        return _CATALOG[name]
+    from edgevit.models.sources import is_source, source_spec
+
+    if is_source(name):
+        return source_spec(name)
+    from edgevit.models.sources import timm_hint
+
+    raise UnknownModelError(name, _CATALOG, hint=timm_hint(name))
 
 
 def list_models(pattern: str = "*", attention: str | None = None, target: str | None = None,
@@ -219,7 +243,7 @@ def create_model(
     """
     spec = get_spec(name)
     if pretrained and weights is not None:
-        raise ConfigError("pass either pretrained=True or weights=FILE, not both")
+        raise ConfigError("pass either pretrained=True or weights=FILE, not both (--pretrained or --weights FILE)")
     if num_classes is not None and num_classes < 1:
         raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
     use_hub = pretrained and spec.embedded_weights is None
@@ -236,7 +260,11 @@ def create_model(
         load_weights(model, weights)
     model.eval()
     model.edgevit_spec = spec  # type: ignore[attr-defined]
-    model.edgevit_weights = (  # type: ignore[attr-defined]
-        str(weights) if weights is not None else (spec.embedded_weights or spec.hub_id) if pretrained else "random-init"
-    )
+    if weights is not None:
+        tag = str(weights)
+    elif pretrained:
+        tag = spec.embedded_weights or spec.hub_id or spec.default_weights or "pretrained"
+    else:
+        tag = spec.default_weights or "random-init"  # a save_pretrained folder always brings its weights
+    model.edgevit_weights = tag  # type: ignore[attr-defined]
     return model

@@ -48,9 +48,18 @@ def load_state_dict(path: str | os.PathLike) -> dict:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+def fit_keys(model, state: dict) -> dict:
+    """``state`` with the key prefix a wrapper model declares (``edgevit_key_prefix``, e.g. the
+    Hugging Face wrapper's ``hf.``) added where the checkpoint was saved from the wrapped model."""
+    prefix = getattr(model, "edgevit_key_prefix", "")
+    if prefix and state and not any(k.startswith(prefix) for k in state):
+        return {prefix + k: v for k, v in state.items()}
+    return state
+
+
 def load_weights(model, path: str | os.PathLike, strict: bool = True) -> None:
     """Load ``path`` into ``model``; mismatched keys or shapes raise :class:`ModelError`."""
-    state = load_state_dict(path)
+    state = fit_keys(model, load_state_dict(path))
     own = model.state_dict()
     shape_mismatch = [
         f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
@@ -61,6 +70,18 @@ def load_weights(model, path: str | os.PathLike, strict: bool = True) -> None:
         if strict:
             raise ModelError(f"{path} does not fit this model: " + "; ".join(shape_mismatch[:5]))
         state = {k: v for k, v in state.items() if k not in own or own[k].shape == v.shape}
+    # load_state_dict would cast silently: 0/1 or rounded weights that still "load" and export.
+    not_float = [
+        f"{k} ({str(v.dtype).removeprefix('torch.')})"
+        for k, v in state.items()
+        if k in own and own[k].is_floating_point() and _is_bool_or_int(v)
+    ]
+    if not_float:
+        raise ModelError(
+            f"{path} stores {len(not_float)} floating-point parameter(s) as bool or integer tensors "
+            f"({', '.join(not_float[:5])}{', ...' if len(not_float) > 5 else ''}); loading would cast them and "
+            "lose the weights. Save the checkpoint with float tensors (e.g. state_dict() of the trained model)"
+        )
     result = model.load_state_dict(state, strict=False)
     if strict and (result.missing_keys or result.unexpected_keys):
         parts = []
@@ -69,6 +90,10 @@ def load_weights(model, path: str | os.PathLike, strict: bool = True) -> None:
         if result.unexpected_keys:
             parts.append(f"unexpected {len(result.unexpected_keys)} keys (e.g. {', '.join(result.unexpected_keys[:3])})")
         raise ModelError(f"{path} does not fit this model: " + "; ".join(parts))
+
+
+def _is_bool_or_int(tensor) -> bool:
+    return not (tensor.is_floating_point() or tensor.is_complex() or tensor.is_quantized)
 
 
 def save_weights(model_or_state, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-__all__ = ["add_weights_arguments", "format_bytes", "parse_options", "print_export_result", "progress_enabled"]
+__all__ = ["MODEL_SOURCE_HELP", "add_class_arguments", "add_weights_arguments", "format_bytes", "parse_options", "print_export_result", "progress_enabled"]
 
 
 def add_weights_arguments(p: argparse.ArgumentParser) -> None:
@@ -15,6 +15,18 @@ def add_weights_arguments(p: argparse.ArgumentParser) -> None:
                    help="load pretrained weights (shipped with edgevit, or from the hub when online)")
     g.add_argument("--weights", metavar="FILE",
                    help="load a local checkpoint (safetensors, or a torch file read with weights_only=True)")
+
+
+MODEL_SOURCE_HELP = ("model source: a catalog name (`edgevit list`), timm:NAME (any timm architecture), "
+                     "hf:ORG/NAME (a Hugging Face image classifier, online) or a folder written by save_pretrained")
+
+
+def add_class_arguments(p: argparse.ArgumentParser) -> None:
+    """``--labels FILE`` and ``--num-classes N``: the user's own classes."""
+    p.add_argument("--labels", metavar="FILE",
+                   help="class names, one a line (or a JSON list); their number must equal the model's outputs")
+    p.add_argument("--num-classes", type=int, metavar="N",
+                   help="build the classifier head with N outputs (default: from --labels or the checkpoint's head)")
 
 
 def parse_options(items: list[str] | None) -> dict[str, Any]:
@@ -63,6 +75,10 @@ def print_export_result(result) -> None:
         if d.outside_ops:
             ops = ", ".join(f"{k} x{v}" for k, v in sorted(d.outside_ops.items(), key=lambda kv: -kv[1]))
             print(f"  outside the delegate: {ops}")
+    rewrites = result.details.get("rewrites")
+    if rewrites:
+        done = ", ".join(f"{k} x{v}" for k, v in rewrites.get("replaced", {}).items()) or "none applied"
+        print(f"  edge rewrites: {done}")
     if result.verification is not None:
         print(f"  verification: {result.verification.summary()}")
     for fb in result.fallbacks:
