@@ -576,7 +576,7 @@ def _open_stream(host: str, port: int, stall: bool) -> tuple[socket.socket, int]
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that stops reading
     sock.settimeout(5)
     sock.connect((host, port))
-    sock.sendall(b"GET /stream.mjpg HTTP/1.0\r\nHost: x\r\n\r\n")
+    sock.sendall(f"GET /stream.mjpg HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n".encode())
     head = b""
     while b"\r\n" not in head:
         chunk = sock.recv(64)

@@ -31,7 +31,7 @@ from PIL import Image
 from edgevit.errors import ConfigError
 
 from .overlay import annotate, encode_jpeg
-from .server import FrameBroadcast, ViewerServer
+from .server import FrameBroadcast, ViewerServer, allowed_host_name
 from .sources import EndOfSource, FrameError, FrameSource
 
 __all__ = ["AppConfig", "CameraApp", "Frame", "LatestSlot", "RateMeter"]
@@ -59,6 +59,9 @@ class AppConfig:
     max_stream_clients: int = 8
     max_connections: int = 64
     write_timeout: float = 5.0
+    allowed_hosts: tuple[str, ...] = ()
+    header_timeout: float = 10.0
+    idle_timeout: float = 5.0
     jpeg_quality: int = 80
     display_width: int = 960
     reconnect_delay: float = 0.5
@@ -78,6 +81,12 @@ class AppConfig:
         need(self.max_connections > self.max_stream_clients,
              "max_connections must exceed the stream-client limit, or viewers would starve the API")
         need(self.write_timeout > 0, f"write timeout must be > 0 s, got {self.write_timeout}")
+        need(self.header_timeout > 0 and self.idle_timeout > 0, "header and idle timeouts must be > 0 s")
+        for name in self.allowed_hosts:
+            try:
+                allowed_host_name(name)
+            except ValueError as exc:
+                raise ConfigError(f"--allowed-host: {exc}") from None
         need(1 <= self.jpeg_quality <= 95, f"--jpeg-quality must be in 1..95, got {self.jpeg_quality}")
         need(self.display_width >= 160, f"--display-width must be >= 160, got {self.display_width}")
         need(0 < self.reconnect_delay <= self.reconnect_max_delay,
@@ -294,6 +303,8 @@ class CameraApp:
             "max_stream_clients": self.config.max_stream_clients,
             "stream_refused": refused.get("stream_refused", 0),
             "connections_refused": refused.get("connections_refused", 0),
+            "request_timeouts": refused.get("request_timeouts", 0),
+            "host_refused": refused.get("host_refused", 0),
         }
 
     def healthy(self) -> bool:
@@ -508,6 +519,9 @@ class CameraApp:
                 max_stream_clients=cfg.max_stream_clients,
                 max_connections=cfg.max_connections,
                 write_timeout=cfg.write_timeout,
+                header_timeout=cfg.header_timeout,
+                idle_timeout=cfg.idle_timeout,
+                allowed_hosts=cfg.allowed_hosts,
             )
         except OSError as exc:
             raise ConfigError(

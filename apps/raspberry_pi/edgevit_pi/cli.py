@@ -29,6 +29,10 @@ def add_app_arguments(parser: argparse.ArgumentParser, default_source: str | Non
     parser.add_argument("--host", default="127.0.0.1",
                         help="address of the browser view (default 127.0.0.1, this machine only; 0.0.0.0 for the LAN)")
     parser.add_argument("--port", type=int, default=8080, help="port of the browser view (default 8080; 0 picks one)")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="a further name the browser view answers to, e.g. camera.lan (repeatable; always "
+                             "answered: IP addresses, localhost, this machine's hostname and HOSTNAME.local; "
+                             "other names get 421 so that DNS-rebinding web pages cannot read the camera)")
     parser.add_argument("--top-k", type=int, default=3, help="labels shown per frame (default 3)")
     window = parser.add_mutually_exclusive_group()
     window.add_argument("--window", dest="window", action="store_true", default=None,
@@ -62,6 +66,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         max_stream_clients=args.max_clients,
         max_connections=max(64, args.max_clients + 16),
         write_timeout=args.write_timeout,
+        allowed_hosts=tuple(args.allowed_host),
         jpeg_quality=args.jpeg_quality,
         display_width=args.display_width,
     )
