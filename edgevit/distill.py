@@ -598,8 +598,10 @@ def distill(
         model.set_distilled_training(False)
     model.eval()
     seconds = elapsed_before + time.perf_counter() - start
-    weights_path = out_dir / f"{student}.safetensors"
-    record_path = out_dir / f"{student}.json"
+    from edgevit.models.sources import source_slug
+
+    weights_path = out_dir / f"{source_slug(student)}.safetensors"  # timm:NAME -> NAME
+    record_path = out_dir / f"{source_slug(student)}.json"
     record_doc = {
         "model": student,
         "dataset": ds.summary(),

@@ -609,7 +609,10 @@ def prune(
         from edgevit.distill import resolve_checkpoint_model
 
         weights, model = model, resolve_checkpoint_model(model)
-    name = name or f"{model}_pruned"
+    if name is None:
+        from edgevit.models.sources import source_slug
+
+        name = f"{source_slug(model)}_pruned"
     out_dir = Path(out)
     target = out_dir / f"{name}.safetensors"
     if target.exists() and not force:

@@ -344,7 +344,7 @@ def qat(
     float_model = create_model(model, pretrained=pretrained, weights=weights)
     spec = float_model.edgevit_spec
     weights_tag = float_model.edgevit_weights
-    paths = {(t, m): out_dir / f"{spec.name}_{t}_int8_{m}{_SUFFIX[t]}" for t in targets
+    paths = {(t, m): out_dir / f"{spec.slug}_{t}_int8_{m}{_SUFFIX[t]}" for t in targets
              for m in (("qat", "ptq") if compare_ptq else ("qat",))}
     for p in paths.values():
         if p.exists() and not force:

@@ -578,8 +578,10 @@ def train(
 
         model.eval()
         seconds = elapsed_before + time.perf_counter() - start
-        weights_path = out_dir / f"{model_name}.safetensors"
-        record_path = out_dir / f"{model_name}.json"
+        from edgevit.models.sources import source_slug
+
+        weights_path = out_dir / f"{source_slug(model_name)}.safetensors"  # timm:NAME -> NAME
+        record_path = out_dir / f"{source_slug(model_name)}.json"
         record_doc = {
             "model": model_name,
             "dataset": ds.summary(),

@@ -82,7 +82,7 @@ class ModelSpec:
 
     @property
     def has_pretrained(self) -> bool:
-        return bool(self.hub_id or self.embedded_weights)
+        return bool(self.hub_id or self.embedded_weights or self.default_weights)
 
     @property
     def slug(self) -> str:

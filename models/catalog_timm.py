@@ -14,6 +14,9 @@ def _build_timm(timm_name: str, hub_id: str, num_classes: int | None = None, pre
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     if not pretrained:
         return timm.create_model(timm_name, pretrained=False, **kwargs)
+    from edgevit.models.hub import require_hub
+
+    require_hub(hub_id, f"pretrained weights for {timm_name}", "Pass --weights FILE (a local checkpoint) instead.")
     try:
         return timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay={"hf_hub_id": hub_id}, **kwargs)
     except Exception as exc:  # hub errors come from requests/huggingface_hub/OSError

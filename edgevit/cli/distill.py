@@ -26,11 +26,12 @@ EXAMPLES = [
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", "-t", required=True, metavar="MODEL|CHECKPOINT",
-                   help="teacher: a catalog name (with --teacher-weights) or a checkpoint written by edgevit")
+                   help="teacher: a catalog name or timm:NAME (with --teacher-weights or --teacher-pretrained), "
+                        "hf:ORG/NAME or a save_pretrained folder, or a checkpoint written by edgevit")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--teacher-weights", metavar="FILE", help="the teacher's weights (safetensors or torch file)")
     g.add_argument("--teacher-pretrained", action="store_true", help="use the teacher's catalog weights")
-    p.add_argument("--student", "-s", required=True, metavar="MODEL", help="student catalog model name")
+    p.add_argument("--student", "-s", required=True, metavar="MODEL", help="student model source: a catalog name, timm:NAME, hf:ORG/NAME or a save_pretrained folder")
     p.add_argument("--student-weights", metavar="FILE", help="initialise the student from a checkpoint")
     p.add_argument("--data", "-d", default="fashion-mnist", metavar="DIR|DATASET",
                    help="fashion-mnist (default), digits, an IDX folder or an image folder")

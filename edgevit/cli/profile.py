@@ -22,7 +22,7 @@ EXAMPLES = [
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("models", nargs="*", metavar="MODEL",
-                   help="catalog model names (default: deit_tiny, swin_tiny, efficientvit_b0, mobilenetv3_large)")
+                   help="model sources: catalog names, timm:NAME, hf:ORG/NAME or save_pretrained folders (default: deit_tiny, swin_tiny, efficientvit_b0, mobilenetv3_large)")
     p.add_argument("--resolutions", "-r", nargs="+", type=int, metavar="PX",
                    help="square input sizes to profile (default: each model's own)")
     p.add_argument("--plot", metavar="PNG", help="write a PNG comparing the models as resolution grows")

@@ -26,7 +26,7 @@ EXAMPLES = [
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="catalog model name, or a checkpoint written by edgevit")
+    p.add_argument("model", help="catalog name, timm:NAME, hf:ORG/NAME, a save_pretrained folder, or a checkpoint written by edgevit")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--weights", metavar="FILE", help="the model's trained weights")
     g.add_argument("--pretrained", action="store_true", help="use the catalog's pretrained weights")

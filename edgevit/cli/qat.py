@@ -30,7 +30,7 @@ EXAMPLES = [
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from edgevit.cli._common import add_weights_arguments
 
-    p.add_argument("model", help="catalog model name (see `edgevit list`)")
+    p.add_argument("model", help="model source: a catalog name (`edgevit list`), timm:NAME, hf:ORG/NAME or a save_pretrained folder")
     p.add_argument("--target", "-t", action="append", metavar="TARGET[,TARGET]",
                    help="tflite (default) and/or executorch; repeat or separate with commas")
     p.add_argument("--data", "-d", default="fashion-mnist", metavar="DIR|DATASET",

@@ -30,17 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def hub_reachable(timeout: float = 3.0) -> bool:
     """True if the Hugging Face hub answers within ``timeout`` seconds (HF_HUB_OFFLINE=1 -> False)."""
-    import os
-    import urllib.request
+    from edgevit.models.hub import hub_reachable as reachable
 
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    try:
-        with urllib.request.urlopen("https://huggingface.co/api/models/timm/mobilevit_xxs.cvnets_in1k",
-                                    timeout=timeout) as r:
-            return r.status == 200
-    except Exception:  # noqa: BLE001 - any network failure means offline
-        return False
+    return reachable(timeout)
 
 
 def run(args: argparse.Namespace) -> int:

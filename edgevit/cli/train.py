@@ -25,7 +25,7 @@ EXAMPLES = [
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="catalog model name (see `edgevit list`)")
+    p.add_argument("model", help="model source: a catalog name (`edgevit list`), timm:NAME, hf:ORG/NAME or a save_pretrained folder")
     p.add_argument("--data", "-d", default="fashion-mnist", metavar="DIR|DATASET",
                    help="fashion-mnist (default), digits, an IDX folder or an image folder")
     p.add_argument("--epochs", "-e", type=int, default=10, help="epochs (default 10)")
