@@ -4,10 +4,12 @@ The artifact is one self-contained ``.onnx`` file (weights inside, no external-d
 input ``input`` (batch dimension dynamic by default) and output ``logits``. The edgevit metadata
 JSON sits in the model's ``metadata_props`` under :data:`~edgevit.metadata.METADATA_KEY`.
 
-Integrity: the last ``metadata_props`` entry, ``edgevit.sha256``, holds the SHA-256 of every byte
-of the file before that entry. Protobuf merges concatenated messages, so the file stays a plain
-ONNX model for every tool, and the ONNX runtime can detect a flipped bit or a partial copy (which
-ONNX itself cannot: a corrupted weight still parses).
+Integrity: the ``metadata_props`` entry ``edgevit.sha256`` holds the SHA-256 of the file with that
+entry's bytes (the whole protobuf field) left out. It is appended last, so the digest is the hash of
+everything written before it; protobuf merges concatenated messages, so the file stays a plain ONNX
+model for every tool. The ONNX runtime locates the entry by parsing, wherever it ends up (a tool
+may append fields after it), and can detect a flipped bit, a partial copy or an edit (which ONNX
+itself cannot: a corrupted weight still parses).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ _PROTOBUF_LIMIT = 2**31 - 1
 
 
 def checksum_trailer(digest_hex: str) -> bytes:
-    """The serialized ``metadata_props`` entry that carries ``digest_hex`` (appended last)."""
+    """The serialized ``metadata_props`` entry that carries ``digest_hex``: appended to a model
+    whose bytes hash to ``digest_hex``, it seals it (the runtime hashes the file without it)."""
     import onnx
 
     entry = onnx.ModelProto()

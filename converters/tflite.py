@@ -15,8 +15,8 @@ from edgevit.converters.quantize import (
 )
 from edgevit.errors import ConfigError, ConversionError
 from edgevit.metadata import METADATA_KEY, ArtifactMetadata
-from edgevit.runtimes.integrity import PLACEHOLDER, seal
-from edgevit.runtimes.tflite import DIGEST_KEY
+from edgevit.runtimes.integrity import PLACEHOLDER, seal_at
+from edgevit.runtimes.tflite import DIGEST_KEY, digest_slot, tflite_metadata_spans
 
 __all__ = ["TFLiteConverter", "embed_tflite_metadata"]
 
@@ -40,7 +40,9 @@ def embed_tflite_metadata(data: bytes, key: str, value: bytes, strip_names: bool
                 tensor.name = None
     _set_metadata(model, key, value)
     _set_metadata(model, DIGEST_KEY, PLACEHOLDER)
-    return seal(flatbuffer_utils.convert_object_to_bytearray(model))
+    out = flatbuffer_utils.convert_object_to_bytearray(model)
+    # The slot by position (the entry's buffer), so labels holding the marker text do not count.
+    return seal_at(out, digest_slot(tflite_metadata_spans(out, "the converted model"), "the converted model"))
 
 
 def _set_metadata(model, key: str, value: bytes) -> None:

@@ -8,16 +8,39 @@ from __future__ import annotations
 import abc
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import ClassVar, Literal, TypeVar
 
 import numpy as np
 
 from edgevit.errors import ArtifactError, UnknownRuntimeError
 from edgevit.metadata import ArtifactMetadata
 
-__all__ = ["Runtime", "available_runtimes", "get_runtime", "load", "register_runtime", "runtime_for_path"]
+__all__ = [
+    "Integrity",
+    "Runtime",
+    "available_runtimes",
+    "check_class_scores",
+    "describe_integrity",
+    "get_runtime",
+    "load",
+    "register_runtime",
+    "runtime_for_path",
+]
+
+Integrity = Literal["verified", "unchecked"]
+
+_INTEGRITY_NOTES = {
+    "verified": "verified (the SHA-256 digest stored at export matches)",
+    "unchecked": "UNCHECKED (the file carries no edgevit digest: not exported by edgevit, a format without "
+    "one, or its digest was removed; damage or edits cannot be detected)",
+}
+
+
+def describe_integrity(integrity: str) -> str:
+    """One human line for a runtime's ``integrity`` fact."""
+    return _INTEGRITY_NOTES.get(integrity, integrity)
 
 _RUNTIMES: dict[str, type[Runtime]] = {}
 
@@ -37,6 +60,9 @@ class Runtime(abc.ABC):
       :class:`MissingDependencyError`.
     * :meth:`_run` takes one batch in the artifact's own dtype and layout and returns float32
       logits of shape (batch, classes). Dequantisation of int8 outputs happens inside.
+    * ``__init__`` refuses an output that is not one class score per label
+      (:func:`check_class_scores`), and sets ``integrity``: ``"verified"`` when the file's
+      edgevit SHA-256 digest was checked, ``"unchecked"`` when the format or file carries none.
 
     :meth:`run` serialises calls with a lock: one loaded artifact may be shared by threads.
     """
@@ -49,6 +75,7 @@ class Runtime(abc.ABC):
         self.path = Path(path)
         self.threads = threads
         self.metadata: ArtifactMetadata
+        self.integrity: Integrity = "unchecked"
         self._lock = threading.Lock()
 
     @abc.abstractmethod
@@ -64,12 +91,41 @@ class Runtime(abc.ABC):
                 f"got {tuple(batch.shape)}"
             )
         with self._lock:
-            out = self._run(batch)
-        return np.asarray(out, dtype=np.float32).reshape(batch.shape[0], -1)
+            out = np.asarray(self._run(batch), dtype=np.float32)
+        # Load checked the declared shape; a symbolic one (ONNX) is only known here.
+        if out.size != batch.shape[0] * self.metadata.num_classes:
+            raise ArtifactError(
+                f"{self.path.name} returned {out.size} scores for {batch.shape[0]} image(s), but its metadata "
+                f"has {self.metadata.num_classes} labels; it is not an edgevit classifier, or its labels were edited"
+            )
+        return out.reshape(batch.shape[0], -1)
 
     def __repr__(self) -> str:
         m = self.metadata
         return f"{type(self).__name__}({str(self.path)!r}, model={m.model!r}, precision={m.precision!r})"
+
+
+def check_class_scores(name: str, shape: Sequence[object], labels: int, batch: int | None = None) -> None:
+    """Refuse (:class:`ArtifactError`) an output that is not one score per label: shape
+    ``(batch, labels)``. ``shape`` may hold symbolic dimensions (strings or None, as ONNX reports
+    a dynamic batch); those are checked on each run instead. ``batch`` is the input's fixed batch."""
+    dims = list(shape)
+    if len(dims) != 2:
+        raise ArtifactError(
+            f"{name}: its output has shape {tuple(dims)}, not a vector of class scores (batch, {labels}) "
+            f"for its {labels} labels; edgevit runs image classifiers with one score per label"
+        )
+    rows, classes = dims
+    if isinstance(classes, int) and classes != labels:
+        raise ArtifactError(
+            f"{name}: its output has {classes} class scores but its metadata has {labels} labels; "
+            "the labels do not belong to this model (edited metadata?), export it again"
+        )
+    if isinstance(rows, int) and batch is not None and rows != batch:
+        raise ArtifactError(
+            f"{name}: its output has a batch of {rows} but its input a batch of {batch}; "
+            f"expected class scores of shape ({batch}, {labels})"
+        )
 
 
 def register_runtime(cls: R) -> R:

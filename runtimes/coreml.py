@@ -25,7 +25,7 @@ import numpy as np
 
 from edgevit.errors import ArtifactError, MissingDependencyError
 from edgevit.metadata import METADATA_KEY, ArtifactMetadata
-from edgevit.runtimes.base import Runtime, register_runtime
+from edgevit.runtimes.base import Runtime, check_class_scores, register_runtime
 
 __all__ = [
     "CLASSES_KEY",
@@ -33,6 +33,7 @@ __all__ = [
     "CoreMLRuntime",
     "UnsupportedPlatformError",
     "check_coreml_artifact",
+    "check_coreml_outputs",
     "metadata_from_spec",
     "read_coreml_metadata",
     "read_coreml_spec",
@@ -124,6 +125,22 @@ def metadata_from_spec(spec: Any, name: str) -> ArtifactMetadata:
     return ArtifactMetadata.from_json(user[METADATA_KEY])
 
 
+def scores_output(spec: Any) -> Any:
+    """The output the runtime reads class scores from: ``logits``, else the first one."""
+    outputs = list(spec.description.output)
+    return next((o for o in outputs if o.name == "logits"), outputs[0]) if outputs else None
+
+
+def check_coreml_outputs(spec: Any, metadata: ArtifactMetadata, name: str) -> None:
+    """Refuse (:class:`ArtifactError`) a spec whose scores output is not ``(1, labels)``
+    (:func:`~edgevit.runtimes.base.check_class_scores`). Off macOS, ``edgevit verify`` reports
+    the same mismatch as a structural failure (``converters.coreml.structure_problems``)."""
+    output = scores_output(spec)
+    if output is None:
+        raise ArtifactError(f"{name} has no outputs; edgevit artifacts return class scores")
+    check_class_scores(name, [int(d) for d in output.type.multiArrayType.shape], metadata.num_classes)
+
+
 def read_coreml_metadata(path: str | os.PathLike) -> ArtifactMetadata:
     """The edgevit metadata embedded in a CoreML artifact (works on any OS)."""
     return metadata_from_spec(read_coreml_spec(path), Path(path).name)
@@ -165,9 +182,9 @@ class CoreMLRuntime(Runtime):
         self.metadata = metadata_from_spec(spec, p.name)
         if len(spec.description.input) != 1 or len(spec.description.output) < 1:
             raise ArtifactError(f"{p.name} must have one input and a logits output; re-export it")
+        check_coreml_outputs(spec, self.metadata, p.name)
         self._input_name = spec.description.input[0].name
-        outputs = [o.name for o in spec.description.output]
-        self._output_name = "logits" if "logits" in outputs else outputs[0]
+        self._output_name = scores_output(spec).name
         shape = tuple(spec.description.input[0].type.multiArrayType.shape)
         self._batch = int(shape[0]) if shape else 1
         try:

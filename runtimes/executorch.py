@@ -37,7 +37,7 @@ import numpy as np
 
 from edgevit.errors import ArtifactError, ConfigError, MissingDependencyError
 from edgevit.metadata import METADATA_KEY, ArtifactMetadata
-from edgevit.runtimes.base import Runtime, register_runtime
+from edgevit.runtimes.base import Runtime, check_class_scores, register_runtime
 from edgevit.runtimes.integrity import DIGEST_PREFIX, check_digest, digest_at
 
 __all__ = [
@@ -145,6 +145,7 @@ class ExecuTorchRuntime(Runtime):
         except OSError as exc:
             raise ArtifactError(f"{p}: cannot read the artifact: {exc.strerror}") from None
         check_pte(data, p.name)
+        self.integrity = "verified"
         bindings = _bindings()
         self.engine = "executorch"
         with _POOL_LOCK:
@@ -189,6 +190,10 @@ class ExecuTorchRuntime(Runtime):
                 f"{p.name}: the program's input shape {self._input_shape} does not match its metadata "
                 f"{expected} ({self.metadata.layout}); export it again"
             )
+        if meta.num_outputs() < 1:
+            raise ArtifactError(f"{p.name}: forward has no outputs; edgevit artifacts return class scores")
+        output = tuple(int(s) for s in meta.output_tensor_meta(0).sizes())
+        check_class_scores(p.name, output, self.metadata.num_classes, self._batch)
 
     @staticmethod
     def _constant(program: Any, method: str, name: str) -> str:

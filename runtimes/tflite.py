@@ -1,15 +1,15 @@
 """TFLite runtime: ai-edge-litert's interpreter (XNNPACK on by default), or tflite-runtime.
 
 The edgevit metadata lives in the flatbuffer's ``metadata`` table under the name ``edgevit``;
-it is read with the flatbuffer schema module that ai-edge-litert ships (data only). A second entry,
-``edgevit_sha256``, holds the file's SHA-256 (see :mod:`edgevit.runtimes.integrity`); it is checked
-before the interpreter sees the file, because the interpreter does not verify the flatbuffer and
-can crash the process on a damaged one.
+it is read with the flatbuffers runtime (data only). A second entry, ``edgevit_sha256``, holds the
+file's SHA-256 (see :mod:`edgevit.runtimes.integrity`); its slot is located through the metadata
+table (not by searching the file for the marker text, which a label may contain too) and checked
+before the interpreter sees the bytes, because the interpreter does not verify the flatbuffer and
+can crash the process on a damaged one. The interpreter then runs those same checked bytes.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 from pathlib import Path
 
@@ -17,10 +17,10 @@ import numpy as np
 
 from edgevit.errors import ArtifactError, MissingDependencyError
 from edgevit.metadata import METADATA_KEY, ArtifactMetadata
-from edgevit.runtimes.base import Runtime, register_runtime
-from edgevit.runtimes.integrity import check_digest
+from edgevit.runtimes.base import Runtime, check_class_scores, register_runtime
+from edgevit.runtimes.integrity import DIGEST_HEX, DIGEST_PREFIX, check_digest_at
 
-__all__ = ["DIGEST_KEY", "TFLiteRuntime", "read_tflite_metadata"]
+__all__ = ["DIGEST_KEY", "TFLiteRuntime", "digest_slot", "read_tflite_metadata", "tflite_metadata_spans"]
 
 DIGEST_KEY = f"{METADATA_KEY}_sha256"
 
@@ -59,12 +59,13 @@ def _slot(field: int) -> int:
     return 4 + 2 * field
 
 
-def read_tflite_metadata(data, name: str = "model") -> dict[str, bytes]:
-    """All named metadata entries of a TFLite flatbuffer, as raw bytes.
+def tflite_metadata_spans(data, name: str = "model") -> dict[str, list[tuple[int, int]]]:
+    """Where each named metadata entry's bytes lie in a TFLite flatbuffer: name -> list of
+    ``(offset, length)`` (a list, so a name used twice is seen).
 
     Reads only the ``metadata`` and ``buffers`` tables with the ``flatbuffers`` runtime (no
     generated schema module, no copy of the model): the device path stays small and fast.
-    ``data`` may be bytes or an mmap.
+    ``data`` may be bytes, a bytearray or an mmap.
     """
     _check_flatbuffer(data[:16], name)
     try:
@@ -72,14 +73,14 @@ def read_tflite_metadata(data, name: str = "model") -> dict[str, bytes]:
         from flatbuffers import number_types as N
     except ImportError:
         raise MissingDependencyError("flatbuffers", "tflite", "read .tflite metadata") from None
-    entries: dict[str, bytes] = {}
+    spans: dict[str, list[tuple[int, int]]] = {}
     try:
         buf = data  # bytes or mmap; slicing either copies only the slice
         root = flatbuffers.table.Table(buf, flatbuffers.encode.Get(N.UOffsetTFlags.packer_type, buf, 0))
         meta_off = root.Offset(_slot(_MODEL_METADATA))
         buffers_off = root.Offset(_slot(_MODEL_BUFFERS))
         if not meta_off:
-            return entries
+            return spans
         meta_vec = root.Vector(meta_off)
         n_buffers = root.VectorLen(buffers_off) if buffers_off else 0
         for i in range(root.VectorLen(meta_off)):
@@ -97,21 +98,45 @@ def read_tflite_metadata(data, name: str = "model") -> dict[str, bytes]:
                 size = b.Get(N.Uint64Flags, o_size + b.Pos) if o_size else 0
                 if offset + size > len(buf):
                     raise ArtifactError(f"{name} is truncated (metadata buffer past end of file)")
-                entries[key] = bytes(buf[offset : offset + size])
+                span = (offset, size)
             else:
                 o = b.Offset(_slot(_BUFFER_DATA))
                 if not o:
-                    entries[key] = b""
-                    continue
-                start, length = b.Vector(o), b.VectorLen(o)
-                if start + length > len(buf):
-                    raise ArtifactError(f"{name} is truncated (metadata past end of file)")
-                entries[key] = bytes(buf[start : start + length])
+                    span = (0, 0)
+                else:
+                    span = (b.Vector(o), b.VectorLen(o))
+                    if span[0] + span[1] > len(buf):
+                        raise ArtifactError(f"{name} is truncated (metadata past end of file)")
+            spans.setdefault(key, []).append(span)
     except ArtifactError:
         raise
     except Exception as exc:  # malformed flatbuffers raise IndexError/struct.error/...
         raise ArtifactError(f"{name} is a corrupt TFLite flatbuffer: {type(exc).__name__}") from None
-    return entries
+    return spans
+
+
+def read_tflite_metadata(data, name: str = "model") -> dict[str, bytes]:
+    """All named metadata entries of a TFLite flatbuffer, as raw bytes (the last of a name
+    used twice). ``data`` may be bytes or an mmap."""
+    return {key: bytes(data[at : at + size]) for key, found in tflite_metadata_spans(data, name).items()
+            for at, size in found[-1:]}
+
+
+def digest_slot(spans: dict[str, list[tuple[int, int]]], name: str) -> int:
+    """Offset of the 64 hex digest characters in the ``edgevit_sha256`` entry, from the spans of
+    :func:`tflite_metadata_spans`: the slot is known by position, never searched for."""
+    found = spans.get(DIGEST_KEY, [])
+    if not found:
+        raise ArtifactError(
+            f"{name} has no edgevit integrity digest: it was not exported by edgevit, by an edgevit older "
+            "than the digest, or it is damaged; export it again with `edgevit export --target tflite`"
+        )
+    if len(found) > 1:
+        raise ArtifactError(f"{name} is corrupt: it holds {len(found)} {DIGEST_KEY!r} metadata entries")
+    at, size = found[0]
+    if size != len(DIGEST_PREFIX) + DIGEST_HEX:
+        raise ArtifactError(f"{name} is corrupt: its integrity digest entry is damaged ({size} bytes)")
+    return at + len(DIGEST_PREFIX)
 
 
 @register_runtime
@@ -130,24 +155,26 @@ class TFLiteRuntime(Runtime):
         if p.is_dir():
             raise ArtifactError(f"{p} is a folder, not a .tflite file")
         try:
-            size = p.stat().st_size
-            if size == 0:
-                raise ArtifactError(f"{p.name} is empty (0 bytes)")
-            with open(p, "rb") as f:
-                # Map instead of reading: the interpreter maps the file itself, so nothing is copied.
-                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                    entries = read_tflite_metadata(data, p.name)
-                    if METADATA_KEY not in entries:
-                        raise ArtifactError(
-                            f"{p.name} has no edgevit metadata; export it with `edgevit export` "
-                            "(labels and preprocessing are read from there)"
-                        )
-                    check_digest(data, p.name, "edgevit export --target tflite")
+            # One private copy, checked and then handed to the interpreter (which keeps a reference
+            # and does not copy it): a mapping of the file, or a second open by path, would run
+            # whatever the file holds by then, not the bytes that were checked.
+            data = p.read_bytes()
         except OSError as exc:
             raise ArtifactError(f"{p}: cannot read the artifact: {exc.strerror}") from None
-        self.metadata = ArtifactMetadata.from_json(entries[METADATA_KEY])
+        if not data:
+            raise ArtifactError(f"{p.name} is empty (0 bytes)")
+        spans = tflite_metadata_spans(data, p.name)
+        if METADATA_KEY not in spans:
+            raise ArtifactError(
+                f"{p.name} has no edgevit metadata; export it with `edgevit export` "
+                "(labels and preprocessing are read from there)"
+            )
+        check_digest_at(data, digest_slot(spans, p.name), p.name)
+        self.integrity = "verified"
+        at, size = spans[METADATA_KEY][-1]
+        self.metadata = ArtifactMetadata.from_json(data[at : at + size])
         try:
-            self._interpreter = Interpreter(model_path=str(p), num_threads=threads)
+            self._interpreter = Interpreter(model_content=data, num_threads=threads)
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError, MemoryError) as exc:  # MemoryError: std::bad_alloc
             raise ArtifactError(f"{p.name} could not be loaded by {self.engine}: {exc}") from None
@@ -161,6 +188,7 @@ class TFLiteRuntime(Runtime):
                 f"{p.name}: the model's input shape {declared} does not match its metadata {expected} "
                 f"({self.metadata.layout}); export it again"
             )
+        check_class_scores(p.name, [int(d) for d in self._output["shape"]], self.metadata.num_classes, self._batch)
 
     def _quantize(self, batch: np.ndarray) -> np.ndarray:
         dtype = self._input["dtype"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 COMMAND = "bench"
 HELP = "latency (median/p90), throughput, load time, peak memory, size and efficiency, side by side"
@@ -45,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from edgevit._text import safe_text
     from edgevit.bench import bench, format_bench
     from edgevit.cli import json_stdout_guard
     from edgevit.cli._common import progress_enabled
@@ -71,12 +73,30 @@ def run(args: argparse.Namespace) -> int:
 
         record_bench(report.rows, {**report.machine, "settings": report.settings}, db=args.db)
     fmt = "json" if args.json else args.format
-    text = format_bench(report, fmt)
+    # Model names and paths come from the artifacts: no terminal control in a human table.
+    text = format_bench(report if fmt == "json" else _escaped(report), fmt)
     if args.out:
         from pathlib import Path
 
         Path(args.out).write_text(text, encoding="utf-8")
     sys.stdout.write(text)
     if args.out and not args.json and fmt != "json":
-        print(f"written: {args.out}")
+        print(f"written: {safe_text(args.out)}")
     return 0
+
+
+def _escaped(value: Any) -> Any:
+    """``value`` (a BenchReport, or what it holds) with every string passed through ``safe_text``."""
+    import dataclasses
+
+    from edgevit._text import safe_text
+
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, dict):
+        return {k: _escaped(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escaped(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: _escaped(getattr(value, f.name)) for f in dataclasses.fields(value)})
+    return value

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
+from edgevit._text import safe_text
 from edgevit.cli import emit_json, json_stdout_guard, print_table
 from edgevit.errors import ConfigError
 
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         classifier = app_cli.load_classifier(args.artifact, args.threads)
         if source is None:
             media = build_demo_media(classifier.metadata, tmp, kind=args.demo_media)
-            print(f"Playing {media.name}: a demo made from real sample photos (--source picks a camera or file)",
+            print(f"Playing {safe_text(media.name)}: a demo made from real sample photos (--source picks a camera or file)",
                   file=sys.stderr)
             source = app_cli.make_source(str(media), args)
         app = app_cli.build_app(classifier, source, args)
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             ["frames dropped (model busy)", status["frames_dropped"]],
             ["source errors / reconnects", f"{status['source_errors']} / {status['reconnects']}"],
             ["latency ms (mean / p50 / p90)", f"{lat['mean']} / {lat['p50']} / {lat['p90']}"],
-            ["last top-1", f"{latest['label']} ({latest['score']:.3f})" if latest["ready"] else "-"],
+            ["last top-1", f"{safe_text(latest['label'])} ({latest['score']:.3f})" if latest["ready"] else "-"],
         ]
         print_table(rows, ["metric", "value"])
     return code

@@ -22,9 +22,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(d)
         return 0
+    from edgevit._text import safe_text
+
     width = max(len(k) for k in d)
     for k, v in d.items():
         if isinstance(v, dict):
             v = "; ".join(f"{a}: {b}" for a, b in v.items()) or "-"
-        print(f"{k.ljust(width)}  {v if v not in (None, '') else '-'}")
+        print(safe_text(f"{k.ljust(width)}  {v if v not in (None, '') else '-'}"))
     return 0

@@ -20,19 +20,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edgevit._text import safe_text
     from edgevit.cli import emit_json
     from edgevit.errors import ConfigError
     from edgevit.runtimes import Classifier
+    from edgevit.runtimes.base import describe_integrity
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
     clf = Classifier.load(args.artifact, threads=args.threads)
-    for image in args.images:
+    integrity = clf.runtime.integrity
+    for n, image in enumerate(args.images):
         preds = clf.predict(image, top_k=args.top_k)
         if args.json:
-            emit_json({"image": image, "top_k": [p.to_dict() for p in preds]})
-        else:
-            print(image)
-            for p in preds:
-                print(f"  {p.score:7.2%}  {p.label}  ({p.index})")
+            emit_json({"image": image, "integrity": integrity, "top_k": [p.to_dict() for p in preds]})
+            continue
+        if n == 0:  # after the first image, so a bad first image leaves stdout empty
+            print(f"{safe_text(args.artifact)}: {safe_text(clf.metadata.model)}, integrity {describe_integrity(integrity)}")
+        print(safe_text(image))
+        for p in preds:
+            print(f"  {p.score:7.2%}  {safe_text(p.label)}  ({p.index})")
     return 0

@@ -35,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({"out": str(path), "db": db_path, "runs": counts, "bytes": path.stat().st_size})
     else:
+        from edgevit._text import safe_text
+
         total = sum(counts.values())
-        print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB) from {db_path}: {total} runs "
+        print(f"wrote {safe_text(path)} ({path.stat().st_size / 1024:.0f} KB) from {safe_text(db_path)}: {total} runs "
               f"({', '.join(f'{v} {k}' for k, v in counts.items())})")
     return 0

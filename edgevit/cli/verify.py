@@ -57,11 +57,16 @@ def run(args: argparse.Namespace) -> int:
             named = sample_images(spec.labels)
         report = verify_runtime(runtime, model, named, meta.precision)
     if args.json:
-        emit_json({"artifact": args.artifact, "model": name, "weights": model.edgevit_weights, **report.to_dict()})
+        emit_json({"artifact": args.artifact, "model": name, "weights": model.edgevit_weights,
+                   "integrity": runtime.integrity, **report.to_dict()})
     else:
-        print(f"{args.artifact} vs float {name} ({model.edgevit_weights}): {report.summary()}")
+        from edgevit._text import safe_text
+        from edgevit.runtimes.base import describe_integrity
+
+        print(safe_text(f"{args.artifact} vs float {name} ({model.edgevit_weights}): {report.summary()}"))
+        print(f"  integrity: {describe_integrity(runtime.integrity)}")
         if report.disagreements:
-            print(f"  top-1 disagrees on: {', '.join(report.disagreements)}")
+            print(f"  top-1 disagrees on: {safe_text(', '.join(report.disagreements))}")
     if not report.passed:
         raise VerificationError(f"{args.artifact} does not match the float model within tolerance", report)
     return 0
@@ -86,12 +91,16 @@ def _coreml_structural(args: argparse.Namespace) -> int | None:
         result = check_package(args.artifact)
     if args.json:
         emit_json({"artifact": args.artifact, "ran": False, "structural": True, "passed": result["passed"],
-                   "problems": result["problems"], "structure": result["structure"]})
+                   "integrity": "unchecked", "problems": result["problems"], "structure": result["structure"]})
     else:
+        from edgevit._text import safe_text
+        from edgevit.runtimes.base import describe_integrity
+
         status = "PASS" if result["passed"] else "FAIL"
-        print(f"{args.artifact}: structural check {status} (CoreML prediction needs macOS; numeric parity not run)")
+        print(f"{safe_text(args.artifact)}: structural check {status} (CoreML prediction needs macOS; numeric parity not run)")
+        print(f"  integrity: {describe_integrity('unchecked')}")
         for problem in result["problems"]:
-            print(f"  problem: {problem}")
+            print(f"  problem: {safe_text(problem)}")
     if not result["passed"]:
         raise VerificationError(f"{args.artifact} failed structural checks: {'; '.join(result['problems'])}")
     return 0
