@@ -73,7 +73,15 @@ def source_slug(name: str) -> str:
 
 
 def timm_hint(name: str) -> str:
-    """A hint for an unknown catalog name that timm knows (``timm:NAME``), else ''."""
+    """A hint for an unknown model name: a timm architecture (``timm:NAME``), a folder that is not
+    a ``save_pretrained`` one, a checkpoint passed as the model; else ''."""
+    p = Path(name).expanduser()
+    if p.is_dir():
+        return (f"({p} is a folder without config.json: a Hugging Face model folder is written by "
+                "model.save_pretrained(FOLDER))")
+    if p.is_file():
+        return (f"({p} is a file: name the architecture and pass the checkpoint with --weights, e.g. "
+                f"`edgevit export timm:NAME --weights {name}`)")
     if not re.fullmatch(r"[A-Za-z0-9_.]+", name):
         return ""
     try:
@@ -172,7 +180,7 @@ def _timm_spec(source: str) -> ModelSpec:
         arch = timm_name.split(".")[0]
         close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
-        raise UnknownModelError(source, [], hint=f"(timm has no architecture {arch!r}{hint} `timm.list_models()` "
+        raise UnknownModelError(source, [], hint=f"(timm has no architecture {arch!r}{hint}; `timm.list_models()` "
                                                  "lists them)")
     cfg = timm.models.get_pretrained_cfg(timm_name)
     if cfg is None:  # an architecture without any pretrained config

@@ -263,3 +263,18 @@ def test_hf_models_export_to_every_target_with_their_labels(hf_folders, tmp_path
     assert tuple(labels) == want
     if target != "coreml":
         assert result.details["rewrites"]["replaced"], f"no edge rewrite applied to the transformers {kind}"
+
+
+def test_near_ties_do_not_fail_a_sound_reduced_precision_artifact():
+    from edgevit.converters.verify import compare_logits
+
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((7, 10)).astype(np.float32)
+    reference[0, :2] = [3.0, 2.999]  # the float model is undecided on image 0
+    candidate = reference + rng.normal(0, 0.02, reference.shape).astype(np.float32)
+    candidate[0, :2] = [2.98, 3.01]  # ... and the int8 artifact flips it, within its own noise
+    report = compare_logits([f"img{i}" for i in range(7)], reference, candidate, "int8")
+    assert report.passed and report.ties == ["img0"] and not report.disagreements
+    candidate[1] = -candidate[1]  # a decided image that flips (and a broken cosine) still fails
+    report = compare_logits([f"img{i}" for i in range(7)], reference, candidate, "int8")
+    assert not report.passed

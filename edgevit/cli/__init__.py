@@ -121,7 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgeVitError as exc:
         if args.debug:
             raise
-        print(f"Error: {exc}", file=sys.stderr)
+        from edgevit._text import safe_text
+
+        print(f"Error: {safe_text(str(exc))}", file=sys.stderr)  # messages may quote an artifact's strings
         return 1
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)

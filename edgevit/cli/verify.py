@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("artifact", help="artifact exported by edgevit")
     p.add_argument("images", nargs="*", help="image files (default: edgevit's real sample photos)")
-    p.add_argument("--model", help="catalog model (default: the one named in the artifact's metadata)")
+    p.add_argument("--model", help="model source: a catalog name, timm:NAME, hf:ORG/NAME or a save_pretrained folder "
+                                   "(default: the one named in the artifact's metadata)")
     add_weights_arguments(p)
     p.add_argument("--threads", type=int, default=None)
 
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from edgevit.cli import emit_json, json_stdout_guard
     from edgevit.converters.verify import verify_runtime
     from edgevit.errors import VerificationError
-    from edgevit.models import create_model, get_spec
+    from edgevit.models import get_spec
     from edgevit.preprocess import load_image
     from edgevit.runtimes import load
     from edgevit.samples import sample_images
@@ -50,7 +51,11 @@ def run(args: argparse.Namespace) -> int:
                 weights = meta.weights
             elif meta.weights in (spec.embedded_weights, spec.hub_id):
                 pretrained = True
-        model = create_model(name, pretrained=pretrained, weights=weights)
+        from edgevit.models.sources import load_model
+
+        # The artifact's own class names fix the head size (a checkpoint fine-tuned on other classes).
+        model = load_model(name, pretrained=pretrained, weights=weights,
+                           labels=list(meta.labels) if len(meta.labels) != len(spec.label_names()) else None).module
         if args.images:
             named = [(Path(p).name, load_image(p, meta.color_mode)) for p in args.images]
         else:
