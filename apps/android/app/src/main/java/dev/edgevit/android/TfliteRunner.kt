@@ -6,6 +6,7 @@ import com.google.ai.edge.litert.CompiledModel
 import com.google.ai.edge.litert.TensorBuffer
 import dev.edgevit.core.ArtifactDigest
 import dev.edgevit.core.ArtifactMetadata
+import dev.edgevit.core.Classification
 import dev.edgevit.core.EdgeVitException
 import dev.edgevit.core.InputTensor
 import dev.edgevit.core.Quantization
@@ -42,6 +43,8 @@ class TfliteRunner(context: Context, assetName: String) : ModelRunner {
         }
         input = inputs[0]
         output = outputs[0]
+        // One score per label, or the app would show the wrong names (an artifact for other classes).
+        Classification.checkClassScores(output.shape(), metadata.numClasses(), assetName)
         if (input.perChannel || output.perChannel) {
             throw EdgeVitException("$assetName quantises its input or output per channel; re-export it with edgevit")
         }

@@ -33,11 +33,16 @@ public final class Classification {
     /**
      * The {@code k} most probable classes of one logits vector, best first; ties go to the lower
      * index (numpy's stable argsort of the negated probabilities) and NaN scores rank last.
-     * Classes beyond the label list are named by their index.
+     * The number of labels must equal the number of logits: a model whose outputs and labels
+     * differ was exported for other classes, and is refused rather than shown with wrong names.
      */
     public static List<Prediction> topK(float[] logits, List<String> labels, int k) {
         if (k < 1) {
             throw new IllegalArgumentException("k must be >= 1, got " + k);
+        }
+        if (logits.length != labels.size()) {
+            throw new EdgeVitException("the model gives " + logits.length + " class scores but its metadata names "
+                    + labels.size() + " labels; re-export it with edgevit (--labels FILE with one name per output)");
         }
         float[] probs = softmax(logits);
         Integer[] order = new Integer[probs.length];
@@ -59,10 +64,26 @@ public final class Classification {
         List<Prediction> out = new ArrayList<>(n);
         for (int r = 0; r < n; r++) {
             int i = order[r];
-            String label = i < labels.size() ? labels.get(i) : Integer.toString(i);
-            out.add(new Prediction(i, label, probs[i]));
+            out.add(new Prediction(i, labels.get(i), probs[i]));
         }
         return out;
+    }
+
+    /**
+     * Checks, when a model is loaded, that its output is one vector of class scores with one score
+     * per label: shape (1, N) (or (N)) with N the number of labels.
+     */
+    public static void checkClassScores(int[] outputShape, int numLabels, String name) {
+        int n = outputShape.length == 2 && outputShape[0] == 1 ? outputShape[1]
+                : outputShape.length == 1 ? outputShape[0] : -1;
+        if (n < 0) {
+            throw new EdgeVitException(name + " outputs " + Arrays.toString(outputShape)
+                    + ", not a vector of class scores (1, N); an edgevit classifier has one logits output");
+        }
+        if (n != numLabels) {
+            throw new EdgeVitException(name + " outputs " + n + " class scores but its metadata names " + numLabels
+                    + " labels; re-export it with edgevit (--labels FILE with one name per output)");
+        }
     }
 
     /** Top-{@code k} with the artifact's labels. */

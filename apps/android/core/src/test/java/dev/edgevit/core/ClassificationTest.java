@@ -2,6 +2,8 @@ package dev.edgevit.core;
 
 import static org.junit.Assert.assertArrayEquals;
 import static org.junit.Assert.assertEquals;
+import static org.junit.Assert.assertThrows;
+import static org.junit.Assert.assertTrue;
 
 import java.util.Arrays;
 import java.util.List;
@@ -9,6 +11,7 @@ import org.junit.Test;
 
 public class ClassificationTest {
     private static final List<String> LABELS = Arrays.asList("cat", "dog", "car");
+    private static final List<String> FIVE = Arrays.asList("a", "b", "c", "d", "e");
 
     @Test
     public void softmaxMatchesNumpy() {
@@ -33,11 +36,23 @@ public class ClassificationTest {
 
     @Test
     public void tiesGoToTheLowerIndexAndKIsCapped() {
-        List<Prediction> top = Classification.topK(new float[] {2f, 5f, 5f, 2f, 5f}, LABELS, 10);
+        List<Prediction> top = Classification.topK(new float[] {2f, 5f, 5f, 2f, 5f}, FIVE, 10);
         assertEquals(5, top.size());
         int[] order = top.stream().mapToInt(p -> p.index).toArray();
         assertArrayEquals(new int[] {1, 2, 4, 0, 3}, order);
-        assertEquals("4", top.get(2).label); // no label for class 4: named by its index
+        assertEquals("e", top.get(2).label);
+    }
+
+    @Test
+    public void labelsThatDoNotMatchTheOutputsAreRefused() {
+        EdgeVitException e = assertThrows(EdgeVitException.class,
+                () -> Classification.topK(new float[] {2f, 5f, 5f, 2f}, LABELS, 2));
+        assertTrue(e.getMessage().contains("4 class scores") && e.getMessage().contains("3 labels"));
+        Classification.checkClassScores(new int[] {1, 3}, 3, "m.tflite");
+        EdgeVitException load = assertThrows(EdgeVitException.class,
+                () -> Classification.checkClassScores(new int[] {1, 10}, 9, "m.tflite"));
+        assertTrue(load.getMessage().contains("10 class scores") && load.getMessage().contains("9 labels"));
+        assertThrows(EdgeVitException.class, () -> Classification.checkClassScores(new int[] {1, 3, 3}, 3, "m.tflite"));
     }
 
     @Test
