@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgevit._version import __version__
+from edgevit.converters import _output
 from edgevit.converters.base import ConvertOutput, Converter, DelegationReport, ExportConfig, get_converter
 from edgevit.converters.verify import VerificationReport
 from edgevit.errors import ConfigError, ConversionError, EdgeVitError, OutputExistsError, VerificationError
@@ -65,10 +64,11 @@ def _path_size(path: Path) -> int:
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink(missing_ok=True)
+    """Best-effort removal of a temporary artifact (file or package folder) after a failure."""
+    try:
+        _output.remove_entry(path)
+    except OSError:
+        pass
 
 
 def default_artifact_name(model: str, target: str, precision: str, suffix: str) -> str:
@@ -149,8 +149,8 @@ def export(
     config: ExportConfig = converter.make_config(precision, options, calibration, fused_input)
     converter.check_available()
     final = _resolve_out(out, default_artifact_name(spec.name, target, precision, converter.suffix))
-    if final.exists() and not force:
-        raise OutputExistsError(final)
+    _output.remove_stale_temps(final.parent)  # left by exports killed with SIGKILL (dead pids only)
+    existing = _output.check_destination(final, force=force)  # a dangling link counts; never a folder
     created = [d for d in (final.parent, *final.parent.parents) if not d.exists()]  # innermost first
     if created:
         try:
@@ -163,7 +163,7 @@ def export(
         raise ConfigError(f"output folder {final.parent} is not writable; choose another with --out")
 
     try:
-        with _CancelOnInterrupt() as cancel:
+        with _CancelOnInterrupt(replacing=existing) as cancel:
             return _export(model, spec, target, precision, converter, config, final, cancel, force=force,
                            pretrained=pretrained, weights=weights, verify=verify, verify_images=verify_images)
     except BaseException:
@@ -200,7 +200,7 @@ def _export(model, spec, target, precision, converter, config, final, cancel, *,
     cancel.check()
 
     start = time.perf_counter()
-    tmp = final.parent / f".{final.stem}.tmp-{uuid.uuid4().hex[:8]}{converter.suffix}"
+    tmp = _output.temp_path(final)  # names this process: a later export removes it if we are killed
     try:
         import torch
 
@@ -236,8 +236,7 @@ def _export(model, spec, target, precision, converter, config, final, cancel, *,
                     report,
                 )
         cancel.check()
-        _remove(final) if force else None
-        os.replace(tmp, final)
+        _output.publish(tmp, final, force=force, expected=cancel.replacing)
     except BaseException:
         _remove(tmp)
         raise
@@ -273,46 +272,82 @@ def _degenerate_init_warnings(model, weights_tag: str) -> list[str]:
             "verification are then not those of the trained model. Export with --pretrained or --weights FILE"]
 
 
+class ExportTerminated(KeyboardInterrupt):
+    """An export cancelled by SIGTERM or SIGHUP (a KeyboardInterrupt, so it unwinds like Ctrl-C)."""
+
+
 class _CancelOnInterrupt:
     """Ctrl-C during an export cancels it at the next safe point instead of raising inside the
     converter stack: a KeyboardInterrupt raised there can be swallowed ("Exception ignored in
     _xla_gc_callback", after which the export finished and wrote its artifact) or crash the process
     (raised while jax/jaxlib import inside litert-torch: SIGSEGV / SIGABRT seen). A second Ctrl-C
-    interrupts at once. Installed only in the main thread and only where SIGINT has Python's
-    default handler (an app with its own handler keeps it)."""
+    interrupts at once.
 
-    def __init__(self) -> None:
+    SIGTERM and SIGHUP (``timeout``, ``systemctl stop``, a CI cancel, ``kill``, a closed terminal)
+    are handled the same way, raising :class:`ExportTerminated`, so the temporary artifact is
+    removed before the process exits. One that arrives after the last safe point lets the export
+    finish (its artifact is complete) and then terminates the process as it asked.
+
+    Handlers are installed only in the main thread and only where the signal has Python's default
+    handling (an app with its own handler keeps it); the previous ones are restored on exit.
+    ``replacing`` is the entry at the output path when the export started: what ``force`` may
+    replace (see :func:`edgevit.converters._output.publish`).
+    """
+
+    def __init__(self, replacing: _output.Entry | None = None) -> None:
+        self.replacing = replacing
         self.requested = False
-        self._installed = False
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _CancelOnInterrupt:
         import signal
         import threading
 
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            signal.signal(signal.SIGINT, self._handle)
-            self._installed = True
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        defaults = {signal.SIGINT: signal.default_int_handler}
+        for name in ("SIGTERM", "SIGHUP"):
+            if hasattr(signal, name):
+                defaults[getattr(signal, name)] = signal.SIG_DFL
+        for signum, default in defaults.items():
+            if signal.getsignal(signum) == default:
+                signal.signal(signum, self._handle)
+                self._previous[signum] = default
         return self
 
+    def _interrupt(self) -> KeyboardInterrupt:
+        import signal
+
+        return KeyboardInterrupt() if self.signum == signal.SIGINT else ExportTerminated(signal.Signals(self.signum).name)
+
     def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+        import signal
         import sys
 
-        print("Cancelling the export at the next step (Ctrl-C again to stop at once)...", file=sys.stderr, flush=True)
+        if self.requested:
+            raise self._interrupt()
+        self.requested, self.signum = True, signum
+        if signum == signal.SIGINT:
+            message = "Cancelling the export at the next step (Ctrl-C again to stop at once)..."
+        else:
+            message = (f"{signal.Signals(signum).name} received: cancelling the export at the next step "
+                       "(send it again to stop at once)...")
+        print(message, file=sys.stderr, flush=True)
 
     def check(self) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            raise self._interrupt()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         import signal
 
-        if self._installed:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            self._installed = False
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+        if self.requested and self.signum != signal.SIGINT and exc_type is None:
+            # Asked to terminate after the last safe point: the artifact is complete; now comply.
+            os.kill(os.getpid(), self.signum)
 
 
 def _example_input(metadata: ArtifactMetadata):

@@ -31,6 +31,7 @@ __all__ = [
     "KINDS",
     "ResultsStore",
     "Run",
+    "check_database",
     "default_db_path",
     "host_info",
     "record_bench",
@@ -176,22 +177,25 @@ class ResultsStore:
             raise ConfigError(f"unknown result kind {kind!r}; one of {', '.join(KINDS)}")
         created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         host = platform.node()
-        ids = []
-        with self._conn:
-            for data, columns in items:
-                unknown = set(columns) - set(_COLUMNS)
-                if unknown:
-                    raise ConfigError(f"unknown result column(s) {sorted(unknown)}; columns: {', '.join(_COLUMNS)}")
-                values = [columns.get(c) for c in _COLUMNS]
-                if values[4] is not None:
-                    values[4] = str(values[4])
-                cur = self._conn.execute(
-                    "INSERT INTO runs (kind, created, model, target, precision, runtime, artifact, resolution,"
-                    " host, edgevit_version, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (kind, created, *values, host, __version__, json.dumps(dict(data), default=str)),
-                )
-                ids.append(int(cur.lastrowid))
-        return ids
+        try:
+            with self._conn:
+                return [self._insert(kind, created, host, data, columns) for data, columns in items]
+        except sqlite3.Error as exc:  # full disk, locked past the timeout, read-only, damaged
+            raise ConfigError(f"cannot write to results database {self.path}: {exc}") from None
+
+    def _insert(self, kind: str, created: str, host: str, data: Mapping[str, Any], columns: Mapping[str, Any]) -> int:
+        unknown = set(columns) - set(_COLUMNS)
+        if unknown:
+            raise ConfigError(f"unknown result column(s) {sorted(unknown)}; columns: {', '.join(_COLUMNS)}")
+        values = [columns.get(c) for c in _COLUMNS]
+        if values[4] is not None:
+            values[4] = str(values[4])
+        cur = self._conn.execute(
+            "INSERT INTO runs (kind, created, model, target, precision, runtime, artifact, resolution,"
+            " host, edgevit_version, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (kind, created, *values, host, __version__, json.dumps(dict(data), default=str)),
+        )
+        return int(cur.lastrowid)
 
     def runs(self, kind: str | None = None, model: str | None = None) -> list[Run]:
         """Stored runs, oldest first, optionally of one ``kind`` and/or ``model``."""
@@ -217,6 +221,31 @@ class ResultsStore:
 
     def count(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+
+
+def check_database(path: str | os.PathLike | None = None) -> Path:
+    """Raise :class:`ConfigError` unless the results database at ``path`` (default:
+    :func:`default_db_path`) can be opened and written. A missing file is not created; its
+    folder (or the nearest existing one) must be writable. Commands call this before any work
+    when the user named a database, so a typo does not cost a finished run its record."""
+    p = Path(path).expanduser() if path is not None else default_db_path()
+    if p.exists():
+        with ResultsStore(p) as store:
+            try:
+                store._conn.execute("BEGIN IMMEDIATE")  # takes the write lock, writes nothing
+                store._conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                raise ConfigError(f"results database {p} cannot be written ({exc}); pass another --db, "
+                                  f"or --no-record") from None
+        return p
+    existing = next(d for d in (p.parent, *p.parent.parents) if d.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"cannot create results database {p}: {existing} is a file, not a folder; "
+                          f"pass another --db, or --no-record")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot create results database {p}: folder {existing} is not writable; "
+                          f"pass another --db, or --no-record")
+    return p
 
 
 def _store(db: str | os.PathLike | ResultsStore | None) -> tuple[ResultsStore, bool]:

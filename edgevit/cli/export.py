@@ -144,6 +144,24 @@ def _options(args: argparse.Namespace) -> dict:
     return options
 
 
+def _record(result, args: argparse.Namespace) -> None:
+    """Store the export in the results database. Recording is secondary: the artifact is written
+    and verified, so a database that fails now costs a warning, not the result."""
+    import sqlite3
+    import sys
+
+    from edgevit.errors import EdgeVitError
+    from edgevit.results import record_export
+
+    try:
+        record_export(result, db=args.db)
+    except (EdgeVitError, sqlite3.Error, OSError) as exc:
+        note = f"this export was not recorded in the results database: {exc}"
+        result.warnings.append(note)
+        if args.json:  # the human summary lists the warnings itself
+            print(f"Warning: {note}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from edgevit.cli import emit_json, json_stdout_guard
     from edgevit.cli._common import print_export_result
@@ -151,6 +169,11 @@ def run(args: argparse.Namespace) -> int:
     from edgevit.errors import ModelError
 
     precision = args.precision or ("fp16" if args.target == "coreml" else "fp32")
+    if not args.no_record:
+        from edgevit.results import DB_ENV, check_database
+
+        if args.db or os.environ.get(DB_ENV):
+            check_database(args.db)  # a database the user named must work before the export starts
     # Converter chatter goes to stderr; stdout carries only edgevit's own output.
     with json_stdout_guard(True):
         model = resolve_weights_model(args.model, args.weights)
@@ -173,9 +196,7 @@ def run(args: argparse.Namespace) -> int:
                 raise
             raise ModelError(f"{exc}{_not_fitting_hint(model, args.weights)}") from exc
     if not args.no_record:
-        from edgevit.results import record_export
-
-        record_export(result, db=args.db)
+        _record(result, args)
     if args.json:
         emit_json(result.to_dict())
     else:
