@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgevit._version import __version__
 from edgevit.converters import _output
 from edgevit.converters.base import ConvertOutput, Converter, DelegationReport, ExportConfig, get_converter
 from edgevit.converters.verify import VerificationReport
-from edgevit.errors import ConfigError, ConversionError, EdgeVitError, OutputExistsError, VerificationError
+from edgevit.errors import ConfigError, ConversionError, EdgeVitError, VerificationError
 from edgevit.metadata import ArtifactMetadata
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from edgevit.models.sources import ResolvedModel
 
 __all__ = ["ExportResult", "build_metadata", "default_artifact_name", "export"]
 
@@ -120,7 +124,7 @@ def _resolve_out(out: str | os.PathLike | None, name: str) -> Path:
 
 
 def export(
-    model: str,
+    model: str | nn.Module | ResolvedModel,
     target: str = "tflite",
     precision: str = "fp32",
     out: str | os.PathLike | None = None,
@@ -128,27 +132,63 @@ def export(
     force: bool = False,
     pretrained: bool = False,
     weights: str | os.PathLike | None = None,
+    labels: Sequence[str] | str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    input_size: int | Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    name: str | None = None,
     calibration: Any = None,
     fused_input: bool = False,
     verify: bool = True,
-    verify_images: Sequence[tuple[str, Any]] | None = None,
+    verify_images: str | os.PathLike | Sequence[Any] | None = None,
     options: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> ExportResult:
-    """Export catalog model ``model`` to ``target`` at ``precision`` and verify it.
+    """Export ``model`` to ``target`` at ``precision`` and verify it against the float model.
 
-    ``out`` is a folder (the file is named ``<model>_<target>_<precision><suffix>``) or a full
-    file path. The artifact is written under a temporary name and renamed into place only after
-    it converted and passed verification; an existing file is kept unless ``force``. fp32 exports
-    that break parity raise :class:`VerificationError` and leave nothing behind.
+    ``model`` is any model source: a catalog name, ``timm:NAME``, ``hf:ORG/NAME``, a folder
+    written by ``save_pretrained``, or an ``nn.Module`` with the facts a module cannot tell
+    (``input_size``, ``mean``, ``std``, ``labels``; ``name`` names it in the artifact).
+    ``labels`` (names, or a file: one a line or a JSON list) and ``num_classes`` set your classes;
+    a ``weights`` checkpoint with another head size or stored class names sets them too. The
+    number of labels must equal the number of outputs.
+
+    ``verify_images`` (a folder, a glob, image files, or ``(name, image)`` pairs) replaces the
+    bundled photos in the parity check. ``out`` is a folder (the file is named
+    ``<model>_<target>_<precision><suffix>``) or a full file path. The artifact is written under a
+    temporary name and moved into place only after it converted and passed verification, with
+    an atomic no-replace move: an existing artifact is kept unless ``force`` (which replaces only
+    what was there when the export started, never a folder that is not an edgevit package), and a
+    file that appears during the run is never overwritten. fp32 exports that break parity raise
+    :class:`VerificationError` and leave nothing behind.
     """
-    from edgevit.models import create_model, get_spec
+    from edgevit.models import get_spec
+    from edgevit.models.sources import ResolvedModel, module_spec, read_labels
 
-    spec = get_spec(model)
     converter: Converter = get_converter(target)
     config: ExportConfig = converter.make_config(precision, options, calibration, fused_input)
     converter.check_available()
-    final = _resolve_out(out, default_artifact_name(spec.name, target, precision, converter.suffix))
+    facts = {k: v for k, v in dict(input_size=input_size, mean=mean, std=std, name=name).items() if v is not None}
+    given_labels = read_labels(labels) if labels is not None else None
+    named_images = _images_for_verification(verify_images) if verify_images is not None else None
+    if isinstance(model, ResolvedModel):
+        spec = model.spec
+    elif isinstance(model, str):
+        if facts:
+            raise ConfigError(f"{', '.join(sorted(facts))} only describe an nn.Module passed in; {model} brings "
+                              "its own input size, normalisation and name")
+        spec = get_spec(model)
+    else:
+        try:
+            from torch import nn as _nn
+        except ImportError:
+            _nn = None
+        if _nn is None or not isinstance(model, _nn.Module):
+            raise ConfigError(f"model must be a catalog name, timm:NAME, hf:ORG/NAME, a save_pretrained folder or an "
+                              f"nn.Module, not {type(model).__name__}")
+        spec = module_spec(model, labels=given_labels, **facts)
+    final = _resolve_out(out, default_artifact_name(spec.slug, target, precision, converter.suffix))
     _output.remove_stale_temps(final.parent)  # left by exports killed with SIGKILL (dead pids only)
     existing = _output.check_destination(final, force=force)  # a dangling link counts; never a folder
     created = [d for d in (final.parent, *final.parent.parents) if not d.exists()]  # innermost first
@@ -164,8 +204,15 @@ def export(
 
     try:
         with _CancelOnInterrupt(replacing=existing) as cancel:
-            return _export(model, spec, target, precision, converter, config, final, cancel, force=force,
-                           pretrained=pretrained, weights=weights, verify=verify, verify_images=verify_images)
+            if isinstance(model, ResolvedModel):
+                resolved = model
+            else:
+                from edgevit.models.sources import load_model
+
+                resolved = load_model(model, pretrained=pretrained, weights=weights, num_classes=num_classes,
+                                      labels=given_labels, **facts)
+            return _export(resolved, target, precision, converter, config, final, cancel, force=force,
+                           verify=verify, verify_images=named_images)
     except BaseException:
         for folder in created:  # a failed export leaves no folder it made behind (only if still empty)
             try:
@@ -175,27 +222,10 @@ def export(
         raise
 
 
-def _export(model, spec, target, precision, converter, config, final, cancel, *, force, pretrained, weights,
+def _export(resolved: ResolvedModel, target, precision, converter, config, final, cancel, *, force,
             verify, verify_images) -> ExportResult:
-    from edgevit.models import create_model
-
-    from edgevit.models.weights import checkpoint_classes
-
-    # A checkpoint from `edgevit train` on another label set carries its classes: the model gets
-    # a head of that size and the artifact those labels.
-    classes = checkpoint_classes(weights) if weights is not None else None
-    if classes is not None and len(classes) != len(spec.label_names()):
-        if pretrained:
-            raise ConfigError("pass either pretrained=True or weights=FILE, not both")
-        float_model = create_model(model, num_classes=len(classes))
-        from edgevit.models.weights import load_weights
-
-        load_weights(float_model, weights)
-        float_model.edgevit_weights = str(weights)
-    else:
-        float_model = create_model(model, pretrained=pretrained, weights=weights)
-    labels = classes if classes is not None else spec.label_names()
-    weights_tag = float_model.edgevit_weights
+    spec, float_model, labels, weights_tag = resolved.spec, resolved.module, resolved.labels, resolved.weights
+    model = spec.name
     metadata = build_metadata(spec, target, precision, labels, weights_tag, config.fused_input)
     cancel.check()
 
@@ -212,6 +242,7 @@ def _export(model, spec, target, precision, converter, config, final, cancel, *,
         if config.fused_input:
             edge_model = fuse_input_stage(edge_model, spec.mean, spec.std, spec.input_size, spec.color_mode)
         prepared = converter.prepare(edge_model, config)
+        rewrites = getattr(prepared, "edgevit_rewrites", None)
         cancel.check()
         example = torch.from_numpy(_example_input(metadata))
         try:
@@ -250,11 +281,22 @@ def _export(model, spec, target, precision, converter, config, final, cancel, *,
         weights=weights_tag,
         verification=report,
         delegation=output.delegation,
-        warnings=_degenerate_init_warnings(float_model, weights_tag) + list(output.warnings),
+        warnings=(list(resolved.notes) + _degenerate_init_warnings(float_model, weights_tag)
+                  + _rewrite_warnings(rewrites) + list(output.warnings)),
         fallbacks=list(metadata.fallbacks),
-        details=dict(output.details),
+        details={**({"rewrites": rewrites} if rewrites is not None else {}), **output.details},
         fused_input=config.fused_input,
     )
+
+
+def _rewrite_warnings(rewrites: Mapping[str, Any] | None) -> list[str]:
+    """Attention modules no edge rewrite recognised are exported as they are: say which."""
+    unknown = dict((rewrites or {}).get("unrecognised") or {})
+    if not unknown:
+        return []
+    kinds = sorted(set(unknown.values()))
+    return [f"{len(unknown)} attention module(s) not recognised by the edge rewrites were exported as they are "
+            f"({', '.join(kinds[:4])}{', ...' if len(kinds) > 4 else ''}; e.g. {next(iter(unknown))})"]
 
 
 def _degenerate_init_warnings(model, weights_tag: str) -> list[str]:
@@ -373,3 +415,51 @@ def _verify(converter: Converter, path: Path, model, spec, precision: str, image
     named = list(images) if images is not None else sample_images(spec.labels)
     runtime = load(path, runtime=converter.runtime)
     return verify_runtime(runtime, model, named, precision, reference)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+MAX_VERIFY_IMAGES = 256
+
+
+def _images_for_verification(images: str | os.PathLike | Sequence[Any]) -> list[tuple[str, Any]]:
+    """``(name, image)`` pairs from a folder (its images, class subfolders included), a glob,
+    image files, or pairs as they are. Every image is decoded now: a bad one is an
+    :class:`~edgevit.errors.ImageError` before any conversion work."""
+    import glob
+
+    from edgevit.errors import ImageError
+    from edgevit.preprocess import load_image
+
+    def expand(item: str | os.PathLike) -> list[Path]:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            if not found:
+                raise ImageError(f"{p} holds no images ({', '.join(IMAGE_SUFFIXES)}); pass a folder of photos")
+            return found
+        if any(ch in str(item) for ch in "*?["):
+            found = sorted(Path(f) for f in glob.glob(str(p), recursive=True) if Path(f).is_file())
+            if not found:
+                raise ImageError(f"no image matches {item}")
+            return found
+        return [p]
+
+    if isinstance(images, (str, os.PathLike)):
+        items: list[Any] = list(expand(images))
+    else:
+        items = []
+        for item in images:
+            items.extend(expand(item) if isinstance(item, (str, os.PathLike)) else [item])
+    if not items:
+        raise ImageError("no verification images were given")
+    if len(items) > MAX_VERIFY_IMAGES:
+        raise ImageError(f"{len(items)} verification images; pass at most {MAX_VERIFY_IMAGES} (a sample of your photos)")
+    named = []
+    for item in items:
+        if isinstance(item, tuple) and len(item) == 2:
+            named.append((str(item[0]), item[1]))
+        else:
+            load_image(item)  # decodes now: a bad file fails before the conversion
+            named.append((Path(item).name if isinstance(item, (str, os.PathLike)) else "<image>", item))
+    return named

@@ -125,9 +125,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"Error: {safe_text(str(exc))}", file=sys.stderr)  # messages may quote an artifact's strings
         return 1
-    except KeyboardInterrupt:
-        print("Interrupted.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        import signal
+
+        # Ctrl-C -> 130; an export cancelled by SIGTERM/SIGHUP (ExportTerminated("SIGTERM")) -> 128 + signal
+        name = str(exc.args[0]) if exc.args and isinstance(exc.args[0], str) else ""
+        signum = getattr(signal, name, None) if name.startswith("SIG") else None
+        print("Terminated." if signum else "Interrupted.", file=sys.stderr)
+        return 128 + int(signum) if signum else 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,9 +8,12 @@ import os
 from pathlib import Path
 
 COMMAND = "export"
-HELP = "export a catalog model to tflite | executorch | coreml | onnx and verify it on real photos"
+HELP = "export a model (catalog, timm:, hf:, your checkpoint) to tflite | executorch | coreml | onnx and verify it"
 DESCRIPTION = (
-    "Export a catalog model to a device artifact and verify it against the float model on real photos. "
+    "Export a model to a device artifact and verify it against the float model on real photos (the bundled "
+    "ones, or yours with --verify-images DIR). The model is a catalog name, timm:NAME (any timm architecture), "
+    "hf:ORG/NAME (a Hugging Face image classifier) or a folder written by save_pretrained. "
+    "--labels FILE and --num-classes N set your classes; a checkpoint with another head size sets them too. "
     "--weights FILE exports your own checkpoint (safetensors, or a torch file read with weights_only=True): "
     "one written by `edgevit train`/`distill`, or a pruned model written by `edgevit prune` (its pruning "
     "plan, in the file or the .json beside it, is applied so the pruned shapes are built; pass the base "
@@ -21,19 +24,26 @@ EXAMPLES = [
     "edgevit export vit_fmnist_tiny --pretrained --target onnx --out out/ --json",
     "edgevit export deit_tiny_patch16_224 --target executorch --weights deit.safetensors --force",
     "edgevit export vit_fmnist_tiny --weights runs/prune/vit_fmnist_tiny_pruned.safetensors --target tflite",
+    "edgevit export timm:vit_small_patch16_224 --pretrained --target tflite",
+    "edgevit export timm:deit_tiny_patch16_224 --weights my_5class.safetensors --labels classes.txt --verify-images photos/",
+    "edgevit export ./my-hf-vit --target onnx          # a folder written by save_pretrained",
 ]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from edgevit.cli._common import add_weights_arguments
+    from edgevit.cli._common import MODEL_SOURCE_HELP, add_class_arguments, add_weights_arguments
 
-    p.add_argument("model", help="catalog model name (see `edgevit list`)")
+    p.add_argument("model", help=MODEL_SOURCE_HELP)
     p.add_argument("--target", "-t", default="tflite", help="tflite (default), executorch, coreml or onnx")
     p.add_argument("--precision", "-p", default=None,
                    help="fp32 | fp16 | int8-dynamic | int8 (default fp32; fp16 for coreml)")
     p.add_argument("--out", "-o", default="edgevit-out", help="output folder or file path (default: edgevit-out/)")
     p.add_argument("--force", action="store_true", help="overwrite an existing artifact")
     add_weights_arguments(p)
+    add_class_arguments(p)
+    p.add_argument("--verify-images", metavar="DIR|GLOB",
+                   help="verify on your own photos (a folder, class subfolders included, or a glob) with the "
+                        "artifact's own preprocessing; default: the bundled real photos")
     p.add_argument("--calibration", metavar="DIR|DATASET",
                    help="calibration images for int8: an image folder, class folders or a dataset name; "
                         "SOURCE:SPLIT[START:STOP] picks a split and slice, e.g. fashion-mnist:train[50000:] "
@@ -186,9 +196,12 @@ def run(args: argparse.Namespace) -> int:
                 force=args.force,
                 pretrained=args.pretrained,
                 weights=args.weights,
+                labels=args.labels,
+                num_classes=args.num_classes,
                 calibration=args.calibration,
                 fused_input=args.fused_input,
                 verify=not args.no_verify,
+                verify_images=args.verify_images,
                 options=_options(args),
             )
         except ModelError as exc:
