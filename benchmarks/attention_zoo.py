@@ -9,7 +9,7 @@ For every attention mechanism of :mod:`edgevit.models.attention` (``describe_mec
 
 * **cost** (``costs``): DeiT-Tiny geometry (patch 16, width 192, 3 heads, class token) at each
   ``--resolutions`` (224 px = 197 tokens ... 1024 px = 4097 tokens). MACs of the 12-block model
-  and peak activation memory come from :mod:`edgevit.profile` (eager CPU forward; MACs of 12
+  and peak activation memory come from :mod:`edgevit.measure.profile` (eager CPU forward; MACs of 12
   blocks = 1-block + 11 x (2-block - 1-block), exact since blocks are identical; the activation
   peak of one block, which is the model's: blocks run one after the other).
 * **attention MACs** (``core``): one attention layer without its QKV/output projections, counted
@@ -24,7 +24,7 @@ For every attention mechanism of :mod:`edgevit.models.attention` (``describe_mec
   ``--status-scale tiny`` for the 224 px ``vit_tiny_<m>``) exported to each ``--targets`` target
   with ``edgevit.converters.export``: verified, or the blocking op.
 * **accuracy** (``train``): ``vit_fmnist_<m>`` (32 px Fashion-MNIST, patch 4, 4 blocks) trained with
-  ``edgevit.training.train`` for the same budget (``--epochs``, ``--train-limit``), top-1 on the
+  ``edgevit.compress.training.train`` for the same budget (``--epochs``, ``--train-limit``), top-1 on the
   real test split.
 * **size options** (``size``, stored under the JSON key ``size_options``): ALBERT's cross-layer
   sharing and factorized patch embedding beside the full-attention model: ``vit_fmnist_full`` vs
@@ -132,7 +132,7 @@ def core_attention_macs(mech: str, resolution: int) -> int:
 def measure_costs(mech: str, resolution: int) -> dict[str, Any]:
     import torch
 
-    from edgevit.profile import profile_model
+    from edgevit.measure.profile import profile_model
 
     torch.manual_seed(0)
     results = []
@@ -271,7 +271,7 @@ def export_status(name: str, target: str, workdir: Path) -> dict[str, Any]:
 
 def train_top1(mech: str, epochs: int, train_limit: int | None, test_limit: int | None, batch_size: int,
                threads: int, workdir: Path) -> dict[str, Any]:
-    from edgevit.training import train
+    from edgevit.compress.training import train
 
     r = train(f"vit_fmnist_{mech}", "fashion-mnist", epochs=epochs, train_limit=train_limit, test_limit=test_limit,
               batch_size=batch_size, threads=threads, out=workdir / f"train_{mech}", force=True, progress=False)
@@ -281,13 +281,13 @@ def train_top1(mech: str, epochs: int, train_limit: int | None, test_limit: int 
 
 def size_options(settings: dict[str, Any], targets: list[str], threads: int, workdir: Path,
                  note=lambda msg: None, save=lambda part: None) -> dict[str, Any]:
-    """The size-options section: parameters and MACs (``edgevit.profile``, meta device) of
+    """The size-options section: parameters and MACs (``edgevit.measure.profile``, meta device) of
     :data:`SIZE_FMNIST` and :data:`SIZE_TINY`; for the Fashion-MNIST models also the verified
     artifact of each target and top-1 after the ``train`` section's budget (``settings``'
     epochs / train_limit / test_limit / batch_size). ``save`` gets the partial result after each
     model, so a stopped run keeps what it measured."""
     from edgevit.models import create_model, get_spec
-    from edgevit.profile import profile_model
+    from edgevit.measure.profile import profile_model
 
     out: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -336,7 +336,7 @@ def build_size_report(size: dict[str, Any], zoo_train: dict[str, Any] | None = N
              "applied at every depth: `share_layers=1`) and (b) a factorized embedding (here the patch embedding: "
              "p x p x C patch pixels -> rank r -> width D, `embed_rank=r`), both on the full-attention zoo ViT "
              "(`EdgeViT(share_layers=..., embed_rank=...)`, catalog entries `vit_*_full_shared`, "
-             "`vit_*_full_factorized`). Parameters and GMACs: `edgevit.profile` at each entry's input size. "
+             "`vit_*_full_factorized`). Parameters and GMACs: `edgevit.measure.profile` at each entry's input size. "
              f"Artifacts: fp32 through `edgevit.converters.export` ({', '.join(targets) or 'none'}), "
              "bytes of the verified file. Top-1: the `train` section's budget "
              f"({st.get('epochs')} epoch(s) on {st.get('train_limit') or 'all 60000'} Fashion-MNIST training images, "
@@ -428,7 +428,7 @@ def build_report(data: dict[str, Any]) -> str:
     if "train" in measured:
         what.append(f"Top-1: `vit_fmnist_<mechanism>` (32 px, patch 4, width 96, 4 blocks) after "
                     f"{settings.get('epochs')} epoch(s) on {settings.get('train_limit') or 'all 60000'} Fashion-MNIST "
-                    f"training images (batch {settings.get('batch_size', 128)}, AdamW, edgevit.training defaults), "
+                    f"training images (batch {settings.get('batch_size', 128)}, AdamW, edgevit.compress.training defaults), "
                     "tested on "
                     f"{settings.get('test_limit') or 'all 10000'} test images.")
     lines = ["# Efficient-attention zoo: measured", "", " ".join(what), ""]

@@ -168,7 +168,7 @@ def _time_frames(plain: str, fused: str, threads: int, warmup: int, runs: int) -
     """Frame (decoded uint8 RGB) to logits: preprocessing + float artifact vs fused-input artifact."""
     from edgevit.preprocess import preprocess
     from edgevit.runtimes import load
-    from edgevit.samples import natural_photos
+    from edgevit.data.samples import natural_photos
 
     rt_plain, rt_fused = load(plain, threads=threads), load(fused, threads=threads)
     image = natural_photos()[0][1]
@@ -210,7 +210,7 @@ def _ort_fusion_row(model: str, out: Path, reuse: bool, threads: int, warmup: in
     from edgevit.converters.verify import verify_runtime
     from edgevit.models import create_model, get_spec
     from edgevit.runtimes import load
-    from edgevit.samples import sample_images
+    from edgevit.data.samples import sample_images
 
     weights = _bench_weights(model, out)
     row: dict[str, Any] = {"model": model, "runtime": "onnx", "weights": weights.name}

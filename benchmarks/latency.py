@@ -1,6 +1,6 @@
 """Latency of every artifact side by side with torch eager: one model per family, fp32, exported
 to TFLite, ONNX and ExecuTorch (default options, verification on), then timed by
-:func:`edgevit.bench.bench` in ONE bench run per model (the three artifacts + the catalog model in
+:func:`edgevit.measure.bench.bench` in ONE bench run per model (the three artifacts + the catalog model in
 torch eager; batch 1, 2 threads, warm-up, median of >= 20 runs).
 
 Usage::
@@ -13,7 +13,7 @@ Artifacts go to ``--out`` (default ``/tmp/edgevit-latency``); ``--reuse`` times 
 there instead of exporting them again. Results are merged into ``benchmarks/results/latency.json``
 after every model (a long run can be resumed model by model) and rendered to ``latency.md``.
 
-How to read the figures: edgevit.bench runs every measurement in a fresh process, one after the
+How to read the figures: edgevit.measure.bench runs every measurement in a fresh process, one after the
 other (not interleaved): first the artifacts in the order tflite, onnx, executorch, then torch
 eager. On a shared machine the load can change between them, so the load average is recorded
 before and after each model's bench run; compare runtimes through the same-run ratios (speed-up vs
@@ -133,7 +133,7 @@ def export_artifact(model: str, target: str, out: Path, reuse: bool) -> tuple[Pa
 
 
 def run_model(model: str, args) -> dict:
-    from edgevit.bench import bench
+    from edgevit.measure.bench import bench
 
     rec: dict = {"model": model, "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     rec["load_avg_export_start"] = _loadavg()
@@ -219,7 +219,7 @@ def render(results: dict) -> str:
         "its bench run. Absolute milliseconds are therefore inflated and noisy; read the *same-run ratio* "
         "(speed-up vs torch eager, measured minutes apart in one bench run), not differences across models.",
         "",
-        "**Order, not interleaved.** `edgevit.bench` times each artifact in its own fresh process, one after "
+        "**Order, not interleaved.** `edgevit.measure.bench` times each artifact in its own fresh process, one after "
         "the other, then torch eager (`OMP_WAIT_POLICY=PASSIVE`) last. Rounds 1 and 3 run TFLite, ONNX, "
         "ExecuTorch; round 2 the reverse. Each runtime's timed runs are consecutive, so a load burst hits one "
         "runtime rather than all alike; that is why there are several rounds (see e.g. efficientvit_b0 and "
@@ -321,7 +321,7 @@ def main(argv=None) -> int:
         return 0
     if args.runs < 20:
         p.error("--runs must be >= 20 (the issue asks for the median of at least 20 runs)")
-    from edgevit.results import host_info
+    from edgevit.measure.results import host_info
 
     models = _by_size(args.models)
     results = _load_results()

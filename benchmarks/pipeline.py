@@ -8,16 +8,16 @@ each step, all measured in this run.
 
 Steps (each writes into ``--out``; ``--reuse`` skips a training step whose output is there):
 
-1. ``teacher``: ``edgevit.training.train(TEACHER)`` (default ``vit_fmnist_full``, 0.31 M params),
+1. ``teacher``: ``edgevit.compress.training.train(TEACHER)`` (default ``vit_fmnist_full``, 0.31 M params),
    or ``--teacher-weights FILE``: a teacher trained elsewhere (e.g. the shipped ``vit_fmnist_tiny``
    weights, trained by ``edgevit train`` on all 60,000 images);
 2. ``student alone``: ``train(STUDENT)`` (default ``vit_fmnist_tiny``) -- the baseline with the
    same budget (epochs, data, recipe, seed) as the distilled student;
-3. ``student distilled``: ``edgevit.distill.distill(teacher -> STUDENT)``;
-4. ``pruned``: ``edgevit.prune.prune`` of the distilled student (``--heads``/``--mlp``), then
+3. ``student distilled``: ``edgevit.compress.distill.distill(teacher -> STUDENT)``;
+4. ``pruned``: ``edgevit.compress.prune.prune`` of the distilled student (``--heads``/``--mlp``), then
    fine-tuned ``--finetune-epochs`` with the teacher (distillation); a control gets the same
    fine-tuning unpruned, so the pruning cost is not confused with the extra epochs;
-5. ``int8``: ``edgevit.qat.qat`` on the pruned model for TFLite and ExecuTorch, beside PT2E
+5. ``int8``: ``edgevit.compress.qat.qat`` on the pruned model for TFLite and ExecuTorch, beside PT2E
    post-training quantization of the same model (same quantizer and lowering), and the project's
    own PTQ (``edgevit export --precision int8 --calibration DATASET``) for reference.
 
@@ -25,7 +25,7 @@ Float models are exported to TFLite fp32 for their size and latency (``edgevit.c
 verified). Latency: every artifact loaded through edgevit's runtimes with ``--threads`` threads,
 batch 1, timed *interleaved*: each of ``--rounds`` rounds runs every artifact for 10 back-to-back
 calls (their median counts), so load from other processes falls on all of them alike; the median
-over rounds is reported. MACs: ``edgevit.profile`` (one
+over rounds is reported. MACs: ``edgevit.measure.profile`` (one
 multiply-accumulate per multiply in matmuls/convolutions; int8 rows: the same graph). Top-1 on the
 test split: of the torch model and of the artifact (through its runtime).
 """
@@ -122,12 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from edgevit.data import load_dataset
-    from edgevit.distill import distill
+    from edgevit.compress.distill import distill
     from edgevit.models import get_spec
-    from edgevit.profile import profile_model
-    from edgevit.prune import prune, register_pruned
-    from edgevit.qat import evaluate_artifact, qat
-    from edgevit.training import to_model_input, train
+    from edgevit.measure.profile import profile_model
+    from edgevit.compress.prune import prune, register_pruned
+    from edgevit.compress.qat import evaluate_artifact, qat
+    from edgevit.compress.training import to_model_input, train
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.teacher_weights:  # a teacher trained elsewhere (e.g. `edgevit train` on the full data)
         from edgevit.models import create_model
-        from edgevit.training import evaluate
+        from edgevit.compress.training import evaluate
 
         teacher_w = args.teacher_weights
         top1, _ = evaluate(create_model(args.teacher, weights=teacher_w), ds.test_images, ds.test_labels)

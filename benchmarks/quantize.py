@@ -73,7 +73,7 @@ TARGETS = tuple(TARGET_PRECISIONS)
 THREADS = 2  # every timed artifact runs on 2 threads (the machine's cores)
 # CoreML on Linux: coremltools converts and compresses but predicts only on macOS -> sizes only.
 COREML_WEIGHTS = ("float", "int8", "palettize-8", "palettize-4")
-# Training of the per-kind models (edgevit.training.train): a few minutes each on 2 shared cores.
+# Training of the per-kind models (edgevit.compress.training.train): a few minutes each on 2 shared cores.
 TRAIN = {"epochs": 3, "train_limit": 20000, "lr": 2e-3, "batch_size": 128}
 
 
@@ -145,7 +145,7 @@ def _step(name: str):
 
 def _photo_crops(folder: Path, count: int = 48) -> Path:
     """Crops of the installed real photos (calibration for ImageNet-shaped models)."""
-    from edgevit.samples import natural_photos
+    from edgevit.data.samples import natural_photos
 
     rng = np.random.default_rng(0)
     photos = natural_photos()
@@ -176,7 +176,7 @@ def bench_speed(models, targets, runs: int, results: dict, wait_pid: int | None 
     from edgevit.converters.verify import verify_runtime
     from edgevit.models import create_model, get_spec
     from edgevit.runtimes import load
-    from edgevit.samples import sample_images
+    from edgevit.data.samples import sample_images
 
     import torch
 
@@ -287,7 +287,7 @@ def _test_inputs(spec, limit: int | None):
     import torch
 
     from edgevit.data import load_dataset
-    from edgevit.training import to_model_input
+    from edgevit.compress.training import to_model_input
 
     ds = load_dataset("fashion-mnist")
     images, labels = ds.test_images[:limit], ds.test_labels[:limit]
@@ -320,7 +320,7 @@ def bench_accuracy(models, targets, max_drop: float, test_limit: int | None, res
     from edgevit.errors import ConversionError
     from edgevit.models import create_model, get_spec
     from edgevit.runtimes import load
-    from edgevit.samples import sample_images
+    from edgevit.data.samples import sample_images
 
     for kind, model in models.items():
         weights = _weights(model)
@@ -436,7 +436,7 @@ def coreml_sizes(models, results: dict) -> None:
 def train_models(models, results: dict) -> None:
     import shutil
 
-    from edgevit.training import train
+    from edgevit.compress.training import train
 
     for kind, model in models.items():
         if model == "vit_fmnist_tiny":

@@ -406,7 +406,7 @@ def _verify(converter: Converter, path: Path, model, spec, precision: str, image
             reference: ArtifactMetadata) -> VerificationReport:
     from edgevit.converters.verify import verify_runtime
     from edgevit.runtimes import load
-    from edgevit.samples import sample_images
+    from edgevit.data.samples import sample_images
 
     if not converter.runs_here:
         return VerificationReport.not_run(

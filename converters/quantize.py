@@ -53,7 +53,7 @@ from edgevit.errors import ConfigError
 if TYPE_CHECKING:
     from torch import nn
 
-    from edgevit.calibration import CalibrationSet
+    from edgevit.data.calibration import CalibrationSet
     from edgevit.metadata import ArtifactMetadata
 
 __all__ = [
@@ -498,7 +498,7 @@ def load_quant_data(calibration: Any, metadata: ArtifactMetadata, settings: Quan
     The first ``calibration_images`` set the ranges; the next ``search_images`` judge the recipe
     and give the reported accuracy. A source too small for both is used for both (said in note).
     """
-    from edgevit.calibration import load_calibration
+    from edgevit.data.calibration import load_calibration
 
     data = load_calibration(calibration, metadata, settings.calibration_images + settings.search_images, progress)
     n_cal = min(settings.calibration_images, len(data))

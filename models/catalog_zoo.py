@@ -93,7 +93,7 @@ FMNIST_ZOO_KWARGS: dict[str, dict[str, Any]] = {
     "synthesizer_random": {},
 }
 
-# (params M, GMACs) at each entry's input size, measured with edgevit.profile (`edgevit profile`).
+# (params M, GMACs) at each entry's input size, measured with edgevit.measure.profile (`edgevit profile`).
 FIGURES: dict[str, tuple[float, float]] = {
     "vit_tiny_axial": (7.051, 1.365), "vit_tiny_bigbird": (5.717, 1.174), "vit_tiny_cosformer": (5.717, 1.192),
     "vit_tiny_full": (5.717, 1.254), "vit_tiny_global_tokens": (5.717, 1.103), "vit_tiny_linear": (5.717, 1.133),

@@ -17,7 +17,7 @@ FMNIST_WEIGHTS = REPO / "models" / "weights" / "vit_fmnist_tiny.safetensors"
 
 @pytest.fixture(scope="session")
 def photos():
-    from edgevit.samples import natural_photos
+    from edgevit.data.samples import natural_photos
 
     imgs = natural_photos()
     assert len(imgs) >= 5, "real sample photos (scikit-image, matplotlib, scikit-learn) must be installed"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgevit.bench import BenchReport, _stats, format_bench
+from edgevit.measure.bench import BenchReport, _stats, format_bench
 from edgevit.errors import ArtifactError, ConfigError
 from edgevit.models import get_spec
 
@@ -39,7 +39,7 @@ def test_stats_median_and_p90():
 
 
 def test_errors_before_any_work(tmp_path):
-    from edgevit.bench import bench
+    from edgevit.measure.bench import bench
 
     bad = tmp_path / "model.xyz"
     bad.write_bytes(b"x")
@@ -57,7 +57,7 @@ def test_errors_before_any_work(tmp_path):
 def test_bench_every_artifact_torch_gemm_and_targets(tmp_path_factory, tmp_path, capsys):
     from edgevit.cli import main
     from edgevit.converters.base import available_targets
-    from edgevit.results import ResultsStore
+    from edgevit.measure.results import ResultsStore
 
     artifacts = [shared_artifact(tmp_path_factory, "tflite")]
     if "onnx" in available_targets():  # a second runtime, when its helper has landed

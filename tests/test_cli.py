@@ -92,7 +92,7 @@ def test_export_json_then_predict_json(tmp_path):
     assert result["verification"]["passed"] and result["bytes"] > 0
     assert result["target"] == "tflite" and result["precision"] == "fp32"
     img = tmp_path / "x.png"
-    from edgevit.samples import natural_photos
+    from edgevit.data.samples import natural_photos
 
     natural_photos(1)[0][1].save(img)
     proc = _cli("predict", result["path"], str(img), str(img), "--json", "-k", "2")

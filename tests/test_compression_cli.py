@@ -58,7 +58,7 @@ def forget_pruned():
 def pruned_file(tmp_path, forget_pruned) -> Path:
     """A pruned vit_fmnist_tiny checkpoint as `edgevit prune` writes it (random weights: shapes only)."""
     from edgevit.models import create_model
-    from edgevit.prune import prune_model, save_pruned
+    from edgevit.compress.prune import prune_model, save_pruned
 
     torch.manual_seed(0)
     model, plan = prune_model(create_model("vit_fmnist_tiny"), heads=0.5, mlp=0.5)
@@ -74,7 +74,7 @@ def pruned_file(tmp_path, forget_pruned) -> Path:
 @needs_shipped
 def test_qat_command_exports_an_accurate_int8_tflite(tmp_path, capsys):
     pytest.importorskip("litert_torch")
-    from edgevit.results import ResultsStore
+    from edgevit.measure.results import ResultsStore
     from edgevit.runtimes import load
 
     db = tmp_path / "results.sqlite"
@@ -101,8 +101,8 @@ def test_qat_command_exports_an_accurate_int8_tflite(tmp_path, capsys):
     # The artifact runs through edgevit's runtime and predicts like the reported top-1 on a few images.
     from edgevit.data import load_dataset
     from edgevit.models import get_spec
-    from edgevit.qat import evaluate_artifact
-    from edgevit.training import to_model_input
+    from edgevit.compress.qat import evaluate_artifact
+    from edgevit.compress.training import to_model_input
 
     ds = load_dataset("fashion-mnist").subset(None, 100)
     x = to_model_input(torch.from_numpy(ds.test_images.copy()), get_spec("vit_fmnist_tiny")).numpy()
@@ -117,7 +117,7 @@ def test_qat_command_exports_an_accurate_int8_tflite(tmp_path, capsys):
 def test_qat_table_compares_float_ptq_and_qat(tmp_path, capsys, monkeypatch):
     """The human output: one row each for float, PTQ and QAT with top-1, size and artifact (the
     training itself is replaced by a stub; the test above runs the real thing)."""
-    import edgevit.qat as qat_module
+    import edgevit.compress.qat as qat_module
     from edgevit.data import Dataset
 
     np = pytest.importorskip("numpy")
@@ -309,7 +309,7 @@ def test_grad_checkpointing_trains_to_the_same_losses(model, steps, batch, tmp_p
 
 
 def test_grad_checkpointing_needs_a_model_that_supports_it():
-    from edgevit.training import TrainConfig, enable_grad_checkpointing
+    from edgevit.compress.training import TrainConfig, enable_grad_checkpointing
 
     with pytest.raises(ConfigError, match="does not support gradient checkpointing"):
         enable_grad_checkpointing(torch.nn.Linear(2, 2), "my_linear")

@@ -36,7 +36,7 @@ def artifacts() -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def images(photos):
-    from edgevit.samples import fashion_samples
+    from edgevit.data.samples import fashion_samples
 
     imgs = [img for _, img in photos] + [img for _, img in fashion_samples()]
     assert len(imgs) >= 20

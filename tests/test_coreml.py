@@ -163,7 +163,7 @@ def test_prediction_matches_torch_on_real_photos(exported):
     from edgevit.converters.verify import TOLERANCES, verify_runtime
     from edgevit.models import create_model, get_spec
     from edgevit.runtimes import load
-    from edgevit.samples import sample_images
+    from edgevit.data.samples import sample_images
 
     spec = get_spec(exported.model)
     model = create_model(exported.model, **exported.rebuild)

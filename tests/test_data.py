@@ -14,7 +14,7 @@ from PIL import Image
 from edgevit.data import FASHION_MNIST_DIR, Dataset, load_dataset, load_image_folder, read_idx
 from edgevit.data import datasets as datasets_module
 from edgevit.errors import DataError
-from edgevit.samples import FASHION_SAMPLES_DIR, fashion_samples
+from edgevit.data.samples import FASHION_SAMPLES_DIR, fashion_samples
 
 needs_fashion = pytest.mark.skipif(
     not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),

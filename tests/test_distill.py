@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from edgevit.distill import (  # noqa: E402
+from edgevit.compress.distill import (  # noqa: E402
     _loss_for,
     deit_distillation_loss,
     distill,
@@ -35,7 +35,7 @@ def _trained_tiny(tmp_path_factory) -> str:
     folder = tmp_path_factory.getbasetemp() / "edgevit-trained-tiny"
     weights = folder / "vit_fmnist_tiny.safetensors"
     if not weights.is_file():
-        from edgevit.training import train
+        from edgevit.compress.training import train
 
         train("vit_fmnist_tiny", "fashion-mnist", epochs=2, batch_size=32, augment=False, train_limit=3000,
               test_limit=500, out=folder, force=True, progress=False)
@@ -150,7 +150,7 @@ def test_distilled_student_learns_real_fashion_mnist(tmp_path, tmp_path_factory,
     # The weights load back into the catalog model and reproduce the reported accuracy.
     from edgevit.data import load_dataset
     from edgevit.models import create_model
-    from edgevit.training import evaluate
+    from edgevit.compress.training import evaluate
 
     ds = load_dataset("fashion-mnist").subset(10, 500)
     top1, _ = evaluate(create_model("vit_fmnist_tiny", weights=doc["weights"]), ds.test_images, ds.test_labels)
@@ -162,7 +162,7 @@ def test_distilled_student_learns_real_fashion_mnist(tmp_path, tmp_path_factory,
 def test_alpha_zero_reproduces_edgevit_train_exactly(tmp_path):
     """With alpha = 0 the teacher has no say: the loop must then be `edgevit train`'s, step for step."""
     from edgevit.models import get_spec
-    from edgevit.training import train
+    from edgevit.compress.training import train
 
     if not get_spec("vit_fmnist_tiny").has_pretrained:
         pytest.skip("needs the shipped vit_fmnist_tiny weights as a teacher")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgevit.errors import ConfigError, DataError
-from edgevit.evaluate import evaluate, label_mapping, load_eval_set
+from edgevit.measure.evaluate import evaluate, label_mapping, load_eval_set
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 needs_fmnist = pytest.mark.skipif(
@@ -98,7 +98,7 @@ def test_eval_image_folder_and_cli(tmp_path_factory, tmp_path, capsys):
 
     from edgevit.cli import main
     from edgevit.data import load_dataset
-    from edgevit.results import ResultsStore
+    from edgevit.measure.results import ResultsStore
     from edgevit.runtimes import load
 
     art = shared_artifact(tmp_path_factory)

@@ -341,7 +341,7 @@ def test_results_database_error_after_a_good_export_warns_and_keeps_the_result(t
 
     # A named database that opens but fails on write (a trigger stands in for a full disk).
     db = tmp_path / "refuses.sqlite"
-    from edgevit.results import ResultsStore
+    from edgevit.measure.results import ResultsStore
 
     ResultsStore(db).close()
     with sqlite3.connect(db) as conn:

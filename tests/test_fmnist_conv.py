@@ -42,8 +42,8 @@ def test_entry_describes_the_shipped_model(name):
 def test_shipped_checkpoint_classifies_real_fashion_images(name):
     from edgevit.converters.export import build_metadata
     from edgevit.preprocess import preprocess
-    from edgevit.samples import fashion_samples
-    from edgevit.training import to_model_input
+    from edgevit.data.samples import fashion_samples
+    from edgevit.compress.training import to_model_input
 
     spec = get_spec(name)
     model = create_model(name, pretrained=True)  # strict load of models/weights/<name>.safetensors

@@ -53,7 +53,7 @@ def tflite_art(tmp_path_factory, has_fmnist_weights):
 
 @pytest.fixture(scope="module")
 def image():
-    from edgevit.samples import FASHION_SAMPLES_DIR
+    from edgevit.data.samples import FASHION_SAMPLES_DIR
 
     return sorted(FASHION_SAMPLES_DIR.glob("*.png"))[0]
 
@@ -314,7 +314,7 @@ def test_predict_and_bench_show_artifact_strings_escaped(onnx_art, tmp_path, ima
     labels = {e["label"] for e in json.loads(capsys.readouterr().out)["top_k"]}
     assert labels == set(ESC_LABELS)  # JSON keeps the exact strings (json.dumps escapes them)
 
-    from edgevit.bench import BenchReport, format_bench
+    from edgevit.measure.bench import BenchReport, format_bench
     from edgevit.cli.bench import _escaped
 
     report = BenchReport(rows=[{"name": "evil\x1b]0;x\x07", "model": "m\x1b[2J", "runtime": "onnx", "artifact": "a\nb"}],

@@ -88,7 +88,7 @@ def test_metadata_round_trips(exported):
 @pytest.mark.slow
 @pytest.mark.parametrize("exported", ["global"], indirect=True)
 def test_shipped_model_classifies_real_fashion_images(exported):
-    from edgevit.samples import FASHION_SAMPLES_DIR
+    from edgevit.data.samples import FASHION_SAMPLES_DIR
 
     assert exported.weights != "random-init"
     clf = Classifier.load(exported.path)

@@ -98,7 +98,7 @@ def test_fused_vit_runs_and_verifies_on_real_images(tmp_path, has_fmnist_weights
 
     from edgevit.converters.verify import verify_runtime
     from edgevit.runtimes import load
-    from edgevit.samples import sample_images
+    from edgevit.data.samples import sample_images
 
     if not has_fmnist_weights:
         pytest.skip("vit_fmnist_tiny weights are not in this checkout")

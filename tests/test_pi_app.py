@@ -75,7 +75,7 @@ def classifier(artifact):
 @pytest.fixture(scope="module")
 def video(tmp_path_factory, classifier) -> Path:
     """A looping animated GIF made from real photos (Fashion-MNIST samples first when shipped)."""
-    from edgevit.samples import sample_images
+    from edgevit.data.samples import sample_images
 
     images = sample_images(label_set_for(classifier.metadata))
     assert len(images) >= 5, "real sample photos must be installed"

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edgevit.errors import ConfigError  # noqa: E402
-from edgevit.profile import (  # noqa: E402
+from edgevit.measure.profile import (  # noqa: E402
     COMPONENTS,
     build_at_resolution,
     profile_model,
@@ -155,7 +155,7 @@ def test_catalog_figures_match_measured(name):
 
 def test_cli_profile_table_json_plot_and_store(tmp_path, capsys):
     from edgevit.cli import main
-    from edgevit.results import ResultsStore
+    from edgevit.measure.results import ResultsStore
 
     db, png = tmp_path / "r.sqlite", tmp_path / "p.png"
     rc = main(["profile", "efficientvit_b0", "vit_tiny_window", "--resolutions", "224", "448",

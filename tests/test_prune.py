@@ -12,8 +12,8 @@ torch = pytest.importorskip("torch")
 
 from edgevit.errors import ConfigError  # noqa: E402
 from edgevit.models import create_model  # noqa: E402
-from edgevit.profile import profile_model  # noqa: E402
-from edgevit.prune import (  # noqa: E402
+from edgevit.measure.profile import profile_model  # noqa: E402
+from edgevit.compress.prune import (  # noqa: E402
     apply_plan,
     head_scores,
     load_pruned,
@@ -40,7 +40,7 @@ def _trained_tiny(tmp_path_factory) -> str:
     folder = tmp_path_factory.getbasetemp() / "edgevit-trained-tiny"
     weights = folder / "vit_fmnist_tiny.safetensors"
     if not weights.is_file():
-        from edgevit.training import train
+        from edgevit.compress.training import train
 
         train("vit_fmnist_tiny", "fashion-mnist", epochs=2, batch_size=32, augment=False, train_limit=3000,
               test_limit=500, out=folder, force=True, progress=False)

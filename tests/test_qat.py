@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edgevit.errors import ConfigError  # noqa: E402
-from edgevit.qat import fold_batchnorm, make_quantizer, qat  # noqa: E402
+from edgevit.compress.qat import fold_batchnorm, make_quantizer, qat  # noqa: E402
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -28,7 +28,7 @@ def _trained_tiny(tmp_path_factory) -> str:
     folder = tmp_path_factory.getbasetemp() / "edgevit-trained-tiny"
     weights = folder / "vit_fmnist_tiny.safetensors"
     if not weights.is_file():
-        from edgevit.training import train
+        from edgevit.compress.training import train
 
         train("vit_fmnist_tiny", "fashion-mnist", epochs=2, batch_size=32, augment=False, train_limit=3000,
               test_limit=500, out=folder, force=True, progress=False)

@@ -165,7 +165,7 @@ def _png(path, value, size=(40, 30)):
 
 
 def test_calibration_from_a_flat_folder_is_unlabelled_and_preprocessed(tmp_path):
-    from edgevit.calibration import load_calibration
+    from edgevit.data.calibration import load_calibration
 
     for i in range(5):
         _png(tmp_path / f"{i}.png", 40 * i)
@@ -178,7 +178,7 @@ def test_calibration_from_a_flat_folder_is_unlabelled_and_preprocessed(tmp_path)
 
 
 def test_calibration_from_class_folders_maps_labels_to_the_model(tmp_path):
-    from edgevit.calibration import load_calibration
+    from edgevit.data.calibration import load_calibration
 
     for cls, value in (("trouser", 200), ("t-shirt_top", 10)):
         (tmp_path / cls).mkdir()
@@ -194,7 +194,7 @@ def test_calibration_from_class_folders_maps_labels_to_the_model(tmp_path):
 
 
 def test_calibration_from_a_dataset_uses_its_train_split():
-    from edgevit.calibration import load_calibration
+    from edgevit.data.calibration import load_calibration
     from edgevit.data import load_dataset
 
     try:
@@ -210,7 +210,7 @@ def test_calibration_from_a_dataset_uses_its_train_split():
 def test_calibration_split_and_slice_select_held_out_images(tmp_path):
     """``SOURCE:SPLIT[START:STOP]``: images a model was not trained on (e.g. past its train_limit),
     or another split; an empty selection is a DataError naming the split's size."""
-    from edgevit.calibration import load_calibration
+    from edgevit.data.calibration import load_calibration
     from edgevit.data import load_dataset
 
     try:
@@ -339,7 +339,7 @@ def test_executorch_int8_dynamic_and_static(fmnist, tmp_path):
 
 @pytest.mark.slow
 def test_unreachable_target_fails_loudly_naming_the_way_out(fmnist, tmp_path):
-    from edgevit.samples import FASHION_SAMPLES_DIR
+    from edgevit.data.samples import FASHION_SAMPLES_DIR
 
     pytest.importorskip("litert_torch")
     # An unlabelled folder is judged by cosine; exactly 1.0 is out of int8's reach, so the search

@@ -783,11 +783,11 @@ _CAL_META = dict(model="m", target="tflite", precision="int8", input_size=(28, 2
 
 @pytest.mark.slow
 def test_bad_calibration_sources_give_clear_errors(photos, tmp_path):
-    """``--calibration DIR|DATASET`` (edgevit.calibration.load_calibration): empty, hidden-only,
+    """``--calibration DIR|DATASET`` (edgevit.data.calibration.load_calibration): empty, hidden-only,
     a file, a missing path, a corrupt image among good ones give an EdgeVitError naming the
     problem. Decided leniency, checked so it stays deliberate: a flat folder uses its images and
     ignores other files; one class is enough (calibration needs no second class)."""
-    calibration = pytest.importorskip("edgevit.calibration")
+    calibration = pytest.importorskip("edgevit.data.calibration")
     from edgevit.metadata import ArtifactMetadata
 
     meta = ArtifactMetadata(**_CAL_META)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from edgevit.errors import ConfigError
-from edgevit.report import render_report, write_report
-from edgevit.results import ResultsStore, default_db_path, record_bench, record_eval, record_export, record_profile
+from edgevit.measure.report import render_report, write_report
+from edgevit.measure.results import ResultsStore, default_db_path, record_bench, record_eval, record_export, record_profile
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = [
@@ -77,7 +77,7 @@ class _DomTables(HTMLParser):
 
 @pytest.fixture
 def filled_db(tmp_path):
-    from edgevit.profile import profile_model
+    from edgevit.measure.profile import profile_model
 
     db = tmp_path / "results.sqlite"
     profiles = [profile_model(m, r) for m in ("efficientvit_b0", "vit_tiny_window") for r in (224, 448)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgevit.support import END, START, support_markdown, support_table
+from edgevit.measure.support import END, START, support_markdown, support_table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -12,7 +12,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 def test_readme_table_is_the_generated_one():
     text = README.read_text()
     block = text.split(START, 1)[1].split(END, 1)[0].strip()
-    assert block == support_markdown().strip(), "run: python -m edgevit.support --write-readme"
+    assert block == support_markdown().strip(), "run: python -m edgevit.measure.support --write-readme"
 
 
 def test_table_covers_every_model_and_target():

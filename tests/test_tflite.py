@@ -75,7 +75,7 @@ def test_classifier_top_k_and_threads(exported, photos):
 def test_shipped_model_classifies_real_fashion_images(exported, has_fmnist_weights):
     if not has_fmnist_weights:
         pytest.skip("models/weights/vit_fmnist_tiny.safetensors not trained yet")
-    from edgevit.samples import FASHION_SAMPLES_DIR
+    from edgevit.data.samples import FASHION_SAMPLES_DIR
 
     clf = Classifier.load(exported["global"].path)
     files = sorted(FASHION_SAMPLES_DIR.glob("*.png"))

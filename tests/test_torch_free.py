@@ -37,7 +37,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
 
 
 def test_runtime_api_without_torch(artifact):
-    from edgevit.samples import FASHION_SAMPLES_DIR, natural_photos
+    from edgevit.data.samples import FASHION_SAMPLES_DIR, natural_photos
 
     img = next(iter(sorted(FASHION_SAMPLES_DIR.glob("*.png"))), None)
     if img is None:

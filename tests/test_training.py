@@ -1,4 +1,4 @@
-"""edgevit.training and ``edgevit train``: learning on real data, exact resume, the shipped weights."""
+"""edgevit.compress.training and ``edgevit train``: learning on real data, exact resume, the shipped weights."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 
 from edgevit.models import create_model, get_spec  # noqa: E402
 from edgevit.models._registry import WEIGHTS_DIR  # noqa: E402
-from edgevit.training import TrainConfig, evaluate, to_model_input, train  # noqa: E402
+from edgevit.compress.training import TrainConfig, evaluate, to_model_input, train  # noqa: E402
 
 needs_fashion = pytest.mark.skipif(
     not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
@@ -202,7 +202,7 @@ def test_shipped_weights_reach_88_percent_on_the_real_test_split():
 
 
 def test_shipped_weights_classify_the_shipped_samples():
-    from edgevit.samples import fashion_samples
+    from edgevit.data.samples import fashion_samples
 
     spec = get_spec("vit_fmnist_tiny")
     model = create_model("vit_fmnist_tiny", pretrained=True)

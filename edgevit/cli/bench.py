@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from edgevit._text import safe_text
-    from edgevit.bench import bench, format_bench
+    from edgevit.measure.bench import bench, format_bench
     from edgevit.cli import json_stdout_guard
     from edgevit.cli._common import progress_enabled
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             progress=note,
         )
     if not args.no_record:
-        from edgevit.results import record_bench
+        from edgevit.measure.results import record_bench
 
         record_bench(report.rows, {**report.machine, "settings": report.settings}, db=args.db)
     fmt = "json" if args.json else args.format

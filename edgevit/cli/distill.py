@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     from edgevit.cli import emit_json, json_stdout_guard
     from edgevit.cli._common import progress_enabled
-    from edgevit.distill import distill
+    from edgevit.compress.distill import distill
 
     def report(rec) -> None:
         if not args.json:

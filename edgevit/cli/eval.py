@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from edgevit.cli import emit_json, json_stdout_guard, print_table
     from edgevit.cli._common import progress_enabled
-    from edgevit.evaluate import evaluate
+    from edgevit.measure.evaluate import evaluate
 
     progress = None
     if progress_enabled(args):
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
         )
     if not args.no_record:
-        from edgevit.results import record_eval
+        from edgevit.measure.results import record_eval
 
         record_eval(report.rows, db=args.db)
     if args.json:

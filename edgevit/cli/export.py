@@ -94,7 +94,7 @@ def resolve_weights_model(model: str, weights: str | os.PathLike | None) -> str:
     """The catalog name to build for ``model`` with checkpoint ``weights``.
 
     A checkpoint written by `edgevit prune` carries its pruning plan (safetensors metadata, or the
-    ``.json`` beside it); it is registered (:func:`edgevit.prune.register_pruned`) and the pruned
+    ``.json`` beside it); it is registered (:func:`edgevit.compress.prune.register_pruned`) and the pruned
     entry's name is returned, so the pruned shapes are built. ``model`` must then be the plan's
     base model (or the pruned name itself). Any other checkpoint leaves ``model`` as it is.
     """
@@ -105,7 +105,7 @@ def resolve_weights_model(model: str, weights: str | os.PathLike | None) -> str:
     path = Path(weights)
     if not path.is_file():
         raise ModelError(f"{path}: no such weights file")
-    from edgevit.prune import METADATA_PLAN_KEY, _read_plan, register_pruned
+    from edgevit.compress.prune import METADATA_PLAN_KEY, _read_plan, register_pruned
 
     # The plan travels in the safetensors metadata; the prune record (.json) beside the file
     # holds it too, for weights saved in another form.
@@ -161,7 +161,7 @@ def _record(result, args: argparse.Namespace) -> None:
     import sys
 
     from edgevit.errors import EdgeVitError
-    from edgevit.results import record_export
+    from edgevit.measure.results import record_export
 
     try:
         record_export(result, db=args.db)
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
 
     precision = args.precision or ("fp16" if args.target == "coreml" else "fp32")
     if not args.no_record:
-        from edgevit.results import DB_ENV, check_database
+        from edgevit.measure.results import DB_ENV, check_database
 
         if args.db or os.environ.get(DB_ENV):
             check_database(args.db)  # a database the user named must work before the export starts

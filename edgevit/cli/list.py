@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     names = list_models(args.pattern, attention=args.attention_kind, target=args.target)
     specs = [get_spec(n) for n in names]
     if args.targets:
-        from edgevit.support import support_table
+        from edgevit.measure.support import support_table
 
         table = support_table(names)
         if args.json:

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from edgevit.cli import emit_json, json_stdout_guard, print_table
     from edgevit.cli._common import progress_enabled
     from edgevit.errors import ConfigError
-    from edgevit.profile import (
+    from edgevit.measure.profile import (
         COMPONENT_LABELS,
         COMPONENTS,
         DEFAULT_PROFILE_MODELS,
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         if args.plot:
             plot_profiles(results, args.plot)
     if not args.no_record:
-        from edgevit.results import record_profile
+        from edgevit.measure.results import record_profile
 
         record_profile(results, db=args.db)
     if args.json:

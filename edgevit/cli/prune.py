@@ -14,7 +14,7 @@ DESCRIPTION = (
     "--scope layer (default) prunes every block by the ratio; global ranks all blocks together. "
     "--finetune-epochs N --data DATASET fine-tunes afterwards (--teacher: with distillation). "
     "Writes OUT/NAME.safetensors (weights, plan in its metadata) and OUT/NAME.json; the model is "
-    "exported with --export or `edgevit.prune.register_pruned(FILE)` + `edgevit.converters.export`. "
+    "exported with --export or `edgevit.compress.prune.register_pruned(FILE)` + `edgevit.converters.export`. "
     "Supports edgevit's EdgeViT and timm's ViT/DeiT."
 )
 EXAMPLES = [
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     from edgevit.cli import emit_json, json_stdout_guard, print_table
     from edgevit.cli._common import progress_enabled
-    from edgevit.prune import prune
+    from edgevit.compress.prune import prune
 
     targets = [t.strip() for t in args.export.split(",") if t.strip()]
     with json_stdout_guard(args.json):

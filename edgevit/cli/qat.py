@@ -62,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def parse_targets(values: list[str] | None) -> tuple[str, ...]:
     """``--target`` values (repeated and/or comma-separated) -> QAT targets, checked by name."""
     from edgevit.errors import ConfigError, UnknownTargetError
-    from edgevit.qat import QAT_TARGETS
+    from edgevit.compress.qat import QAT_TARGETS
 
     names = [t.strip() for v in (values or ["tflite"]) for t in v.split(",") if t.strip()]
     if not names:
@@ -106,7 +106,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 def _record(result: Any, ds_name: str, n_test: int, weights: str, db: Any) -> None:
     """Each artifact as an export run and, with the float model, as eval rows (top-1 on the test split)."""
-    from edgevit.results import ResultsStore
+    from edgevit.measure.results import ResultsStore
 
     evals = [({"model": result.model, "target": "torch", "precision": "fp32", "dataset": ds_name, "split": "test",
                "n": n_test, "top1": result.float_top1, "weights": weights},
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         ds = load_dataset(args.data, image_size=spec.input_size, color_mode=spec.color_mode)
         if args.train_limit or args.test_limit:
             ds = ds.subset(args.train_limit, args.test_limit)
-        from edgevit.qat import qat
+        from edgevit.compress.qat import qat
 
         try:
             result = qat(

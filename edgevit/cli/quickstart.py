@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             from edgevit.converters.verify import verify_runtime
             from edgevit.models import create_model
             from edgevit.runtimes import load
-            from edgevit.samples import sample_images
+            from edgevit.data.samples import sample_images
 
             float_model = create_model(model, pretrained=True)
             report = verify_runtime(load(path), float_model, sample_images(spec.labels), "fp32")
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Classify real images with the artifact through the torch-free runtime.
     from edgevit.runtimes import Classifier
-    from edgevit.samples import FASHION_SAMPLES_DIR, natural_photos
+    from edgevit.data.samples import FASHION_SAMPLES_DIR, natural_photos
 
     clf = Classifier.load(path)
     if spec.labels == "fashion-mnist":

@@ -25,8 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgevit.cli import emit_json
-    from edgevit.report import write_report
-    from edgevit.results import ResultsStore
+    from edgevit.measure.report import write_report
+    from edgevit.measure.results import ResultsStore
 
     with ResultsStore(args.db, create=False) as store:
         counts = {k: len(store.runs(k)) for k in ("profile", "bench", "eval", "export")}

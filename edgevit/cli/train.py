@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     from edgevit.cli import emit_json, json_stdout_guard
     from edgevit.cli._common import progress_enabled
-    from edgevit.training import train
+    from edgevit.compress.training import train
 
     def report(rec) -> None:
         if not args.json:

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from edgevit.models import get_spec
     from edgevit.preprocess import load_image
     from edgevit.runtimes import load
-    from edgevit.samples import sample_images
+    from edgevit.data.samples import sample_images
 
     if Path(args.artifact).suffix.lower() in (".mlpackage", ".mlmodel"):
         structural = _coreml_structural(args)

@@ -1,4 +1,6 @@
-"""Labelled data (torch-free): packaged datasets, IDX files and image folders.
+"""Data in and out of models (torch-free): labelled datasets, IDX files and image folders
+(:mod:`.datasets`), calibration sets for quantization (:mod:`.calibration`) and bundled sample
+photos (:mod:`.samples`).
 
 >>> from edgevit.data import load_dataset
 >>> ds = load_dataset("fashion-mnist")          # doctest: +SKIP

@@ -36,7 +36,7 @@ _PATH = fuzz_common.scratch_file(".img")
 def make_seeds() -> dict[str, bytes]:
     """A small real photo in every format Pillow writes here, in several modes."""
     try:
-        from edgevit.samples import natural_photos
+        from edgevit.data.samples import natural_photos
 
         photo = natural_photos(limit=1)[0][1].resize((24, 16))
     except Exception:  # noqa: BLE001 - seeds only; a gradient works too

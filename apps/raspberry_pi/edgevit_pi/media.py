@@ -1,6 +1,6 @@
 """Demo media made from real photos: a short "video" (animated GIF) or an image folder.
 
-The photos are the real sample images edgevit knows about (:func:`edgevit.samples.sample_images`):
+The photos are the real sample images edgevit knows about (:func:`edgevit.data.samples.sample_images`):
 Fashion-MNIST test images for Fashion-MNIST models, then natural photos (scikit-image, matplotlib,
 scikit-learn sample data where installed). Each photo is letterboxed into a fixed-size frame and
 shown for a few frames with a slow zoom, so the stream really moves.
@@ -86,7 +86,7 @@ def build_demo_media(
 ) -> Path:
     """Write a demo GIF (``kind="gif"``) or image folder (``"folder"``) of real photos suited to
     the artifact's labels into ``out_dir`` and return its path."""
-    from edgevit.samples import sample_images
+    from edgevit.data.samples import sample_images
 
     images = sample_images(label_set_for(metadata), limit=limit)
     frames = demo_frames(images, size=size, frames_per_image=frames_per_image)

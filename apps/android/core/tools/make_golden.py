@@ -67,7 +67,7 @@ def _chelsea() -> Image.Image:
 
 def _fashion_sample() -> tuple[str, Image.Image]:
     """A real Fashion-MNIST test image: edgevit's shipped sample if present, else the Debian set."""
-    from edgevit.samples import FASHION_SAMPLES_DIR
+    from edgevit.data.samples import FASHION_SAMPLES_DIR
 
     files = sorted(FASHION_SAMPLES_DIR.glob("*.png"))
     if files:

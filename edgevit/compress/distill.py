@@ -1,6 +1,6 @@
 """Knowledge distillation: train a small catalog model (the student) to imitate a larger one.
 
->>> from edgevit.distill import distill
+>>> from edgevit.compress.distill import distill
 >>> r = distill("runs/teacher/vit_fmnist_full.safetensors", "vit_fmnist_tiny", "fashion-mnist",
 ...             temperature=4.0, alpha=0.7, epochs=4, out="runs/distill")        # doctest: +SKIP
 
@@ -20,7 +20,7 @@ the labels and the distillation head from the teacher, either ``hard`` (DeiT's d
 own EdgeViT students have no distillation token: they use the soft-target loss above (a
 distillation token would need a second prefix token and head in :class:`edgevit.models.vit.EdgeViT`).
 
-The training recipe is :func:`edgevit.training.train`'s (AdamW without decay on norms/biases,
+The training recipe is :func:`edgevit.compress.training.train`'s (AdamW without decay on norms/biases,
 warm-up + cosine learning rate per step, the same seeded augmentation, checkpoints after each
 epoch with resume); :func:`fit` is that loop with a pluggable loss and a teacher, on any module
 (a pruned model, a quantization-aware graph). Teacher and student each get their own
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgevit.errors import ConfigError, DataError, ModelError, OutputExistsError
-from edgevit.training import EpochRecord, TrainConfig, evaluate, to_model_input
+from edgevit.compress.training import EpochRecord, TrainConfig, evaluate, to_model_input
 
 if TYPE_CHECKING:
     import torch
@@ -166,7 +166,7 @@ def resolve_checkpoint_model(path: str | os.PathLike) -> str:
         except Exception as exc:  # safetensors raises its own SafetensorError
             raise ModelError(f"{p} is not a valid safetensors file: {exc}") from None
     if "edgevit_pruned" in meta:
-        from edgevit.prune import register_pruned
+        from edgevit.compress.prune import register_pruned
 
         return register_pruned(p)
     name = meta.get("model")
@@ -272,7 +272,7 @@ def fit(
     train_mode: Callable[[nn.Module, bool], None] | None = None,
     params: list[Any] | None = None,
 ) -> list[EpochRecord]:
-    """Train ``model`` in place on ``ds`` with :func:`edgevit.training.train`'s recipe, the labels
+    """Train ``model`` in place on ``ds`` with :func:`edgevit.compress.training.train`'s recipe, the labels
     and, with a ``teacher``, the distillation loss; returns the per-epoch records.
 
     ``on_step(step, total)`` runs after every optimizer step (e.g. to freeze quantization
@@ -283,7 +283,7 @@ def fit(
     """
     import torch
 
-    from edgevit.training import _lr_at, _pad_for, _param_groups, _torch_settings, _unflatten_optimizer
+    from edgevit.compress.training import _lr_at, _pad_for, _param_groups, _torch_settings, _unflatten_optimizer
 
     if distill_token not in DISTILL_TOKEN_MODES:
         raise ConfigError(f"distill_token must be one of {', '.join(DISTILL_TOKEN_MODES)}, got {distill_token!r}")
@@ -313,7 +313,7 @@ def fit(
         train_y = torch.from_numpy(np.array(ds.train_labels, dtype=np.int64, copy=True))
         aug = augment
         if aug == "auto":
-            from edgevit.training import SMALL_DATASET
+            from edgevit.compress.training import SMALL_DATASET
 
             aug = "crop+flip" if len(train_y) < SMALL_DATASET else "flip"
         pad = _pad_for(ds.image_shape) if "crop" in aug else 0
@@ -494,7 +494,7 @@ def distill(
     checkpoint written by edgevit. ``student_weights`` initialises the student (otherwise it starts
     from the seed's random init, exactly as ``edgevit train`` would). ``distill_token`` applies to
     students with DeiT's distillation token only. ``grad_checkpointing`` applies to the student (the
-    teacher runs without gradients). Other options as in :func:`edgevit.training.train`.
+    teacher runs without gradients). Other options as in :func:`edgevit.compress.training.train`.
     Checkpoints go to ``out/checkpoint.*`` after every epoch; ``resume`` continues from there.
     """
     import torch
@@ -502,10 +502,10 @@ def distill(
     from edgevit.data import Dataset, load_dataset
     from edgevit.models import create_model, get_spec
     from edgevit.models.weights import load_state_dict, save_weights
-    from edgevit.training import (
+    from edgevit.compress.training import (
         _CHECKPOINT as TRAIN_CHECKPOINT,
     )
-    from edgevit.training import (
+    from edgevit.compress.training import (
         _atomic_write,
         _load_checkpoint,
         _load_initial_weights,
@@ -549,7 +549,7 @@ def distill(
     distill_conf = {"teacher": os.fspath(teacher), "teacher_weights": os.fspath(teacher_weights) if teacher_weights else None,
                     "temperature": temperature, "alpha": alpha, "distill_token": distill_token}
     warnings: list[str] = []
-    from edgevit.training import _torch_settings
+    from edgevit.compress.training import _torch_settings
 
     with _torch_settings(threads, deterministic=True):
         # The student first, right after seeding: the same initial weights as `edgevit train`.

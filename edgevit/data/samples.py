@@ -3,7 +3,7 @@
 * scikit-image's bundled data: chelsea (a tabby cat), coffee, astronaut, rocket (CC0 / public domain)
 * matplotlib's sample data: grace_hopper.jpg
 * scikit-learn's sample images: china.jpg, flower.jpg
-* edgevit's own: Fashion-MNIST test images (MIT), shipped in ``edgevit/data/samples``
+* edgevit's own: Fashion-MNIST test images (MIT), shipped in ``edgevit/data/fashion_samples``
 
 Each source is optional: what is installed is used. None of these download anything.
 """
@@ -20,7 +20,7 @@ from edgevit.errors import DataError
 
 __all__ = ["FASHION_SAMPLES_DIR", "fashion_samples", "natural_photos", "sample_images"]
 
-FASHION_SAMPLES_DIR = Path(__file__).parent / "data" / "samples"
+FASHION_SAMPLES_DIR = Path(__file__).parent / "fashion_samples"
 
 
 def _skimage(name: str) -> Callable[[], Image.Image]:

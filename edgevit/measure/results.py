@@ -6,7 +6,7 @@ line, which wins) chooses another. Each run is one row: a few indexed columns (k
 target, precision, runtime, artifact, resolution) and the full result as JSON, so new fields
 need no migration. ``edgevit report`` renders the store as a self-contained HTML page.
 
->>> from edgevit.results import ResultsStore
+>>> from edgevit.measure.results import ResultsStore
 >>> with ResultsStore("/tmp/r.sqlite") as store:            # doctest: +SKIP
 ...     store.add("bench", {"median_ms": 12.3}, model="mobilevit_xxs", target="tflite")
 ...     [run.model for run in store.runs("bench")]
@@ -264,7 +264,7 @@ def _record(kind: str, items: list[tuple[Mapping[str, Any], Mapping[str, Any]]],
 
 
 def record_profile(results: Sequence[Any], db: str | os.PathLike | ResultsStore | None = None) -> list[int]:
-    """Store :class:`edgevit.profile.ProfileResult` s (one run each)."""
+    """Store :class:`edgevit.measure.profile.ProfileResult` s (one run each)."""
     items = []
     for r in results:
         d = r.to_dict()
@@ -277,7 +277,7 @@ def record_bench(
     machine: Mapping[str, Any] | None = None,
     db: str | os.PathLike | ResultsStore | None = None,
 ) -> list[int]:
-    """Store bench rows (dicts as :func:`edgevit.bench.bench` returns them) with the machine facts."""
+    """Store bench rows (dicts as :func:`edgevit.measure.bench.bench` returns them) with the machine facts."""
     items = []
     for row in rows:
         d = {**row, "machine": dict(machine or {})}
@@ -298,7 +298,7 @@ def record_bench(
 
 
 def record_eval(rows: Sequence[Mapping[str, Any]], db: str | os.PathLike | ResultsStore | None = None) -> list[int]:
-    """Store eval rows (dicts as :func:`edgevit.evaluate.evaluate` returns them)."""
+    """Store eval rows (dicts as :func:`edgevit.measure.evaluate.evaluate` returns them)."""
     items = [
         (
             dict(row),

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgevit._version import __version__
-from edgevit.results import ResultsStore, Run
+from edgevit.measure.results import ResultsStore, Run
 
 __all__ = ["render_report", "write_report"]
 

@@ -2,7 +2,7 @@
 
 The table is generated from code and data, never by hand: ``models/support.json`` is written by
 the full-matrix run (``python benchmarks/matrix.py``), and catalog entries' ``known_issues`` name
-the failing op where one is known. ``python -m edgevit.support --markdown`` prints the README's
+the failing op where one is known. ``python -m edgevit.measure.support --markdown`` prints the README's
 table, ``--write-readme`` puts it there; a test checks the README carries exactly that.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 __all__ = ["SUPPORT_FILE", "load_support", "support_markdown", "support_table"]
 
-SUPPORT_FILE = Path(__file__).resolve().parent.parent / "models" / "support.json"
+SUPPORT_FILE = Path(__file__).resolve().parents[2] / "models" / "support.json"
 
 LEGEND = (
     "verified: exported at fp32 and matched the float model on real photos (top-1, cosine, max abs diff); "
@@ -89,7 +89,7 @@ def readme_with_table(readme: str, table: str) -> str:
 
 if __name__ == "__main__":  # pragma: no cover
     if "--write-readme" in sys.argv:
-        readme = Path(__file__).resolve().parent.parent / "README.md"
+        readme = Path(__file__).resolve().parents[2] / "README.md"
         readme.write_text(readme_with_table(readme.read_text(), support_markdown()))
     elif "--markdown" in sys.argv:
         sys.stdout.write(support_markdown())

@@ -16,10 +16,10 @@ leak between artifacts and every artifact pays its own imports:
   its own process: the memory target compares edgevit's peak RSS to it.
 
 Efficiency is ``2 x MACs / median latency`` as a share of the GEMM peak (MACs from
-:mod:`edgevit.profile` at the artifact's input size).
+:mod:`edgevit.measure.profile` at the artifact's input size).
 
 This module's top level imports only the standard library: the worker processes
-(``python -m edgevit.bench --worker SPEC``) measure their own imports.
+(``python -m edgevit.measure.bench --worker SPEC``) measure their own imports.
 """
 
 from __future__ import annotations
@@ -304,7 +304,7 @@ def _thread_env(threads: int, torch: bool) -> dict[str, str]:
 
 
 def _run_worker(spec: Mapping[str, Any], env: Mapping[str, str], what: str, timeout: float = 900) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "edgevit.bench", "--worker", json.dumps(dict(spec))]
+    cmd = [sys.executable, "-m", "edgevit.measure.bench", "--worker", json.dumps(dict(spec))]
     t = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(env), timeout=timeout)
@@ -338,7 +338,7 @@ def _artifact_size(path: Path) -> int:
 
 
 def _default_image(tmpdir: Path) -> str:
-    from edgevit.samples import natural_photos
+    from edgevit.data.samples import natural_photos
 
     photos = natural_photos(limit=1)
     if not photos:
@@ -362,7 +362,7 @@ def _gmacs(model: str, size: Sequence[int]) -> float | None:
             import torch  # noqa: F401
         except ImportError:
             return None
-        from edgevit.profile import profile_model
+        from edgevit.measure.profile import profile_model
 
         _MACS_CACHE[key] = profile_model(model, (key[1], key[2])).gmacs
     return _MACS_CACHE[key]
@@ -414,7 +414,7 @@ def bench(
     note = progress or (lambda msg: None)
     rows: list[dict[str, Any]] = []
     machine: dict[str, Any] = {}
-    from edgevit.results import host_info
+    from edgevit.measure.results import host_info
 
     machine.update(host_info())
     machine["threads"] = threads

@@ -20,7 +20,7 @@ trained on overstates how often int8 keeps its answers (the model is surer of th
 slice gives the figure that holds on new images.
 
 Dataset classes are matched to the model's labels by name (or by index for numbered classes,
-see :func:`edgevit.evaluate.label_mapping`); classes that match nothing make the set unlabelled
+see :func:`edgevit.data.eval_sets.label_mapping`); classes that match nothing make the set unlabelled
 and say why in :attr:`CalibrationSet.note`.
 """
 
@@ -125,7 +125,7 @@ class _Selection:
 def _labelled_source(source: str | os.PathLike, count: int, labels: Sequence[str]):
     """(images, labels or None, split, note) from a dataset name, IDX folder or class folders,
     with an optional ``:split[start:stop]`` selection."""
-    from edgevit.evaluate import label_mapping, load_eval_set
+    from edgevit.data.eval_sets import label_mapping, load_eval_set
 
     sel = _Selection.parse(source)
     if sel.split is not None:

@@ -1,6 +1,6 @@
 """Train (or fine-tune) any catalog model on a labelled dataset, reproducibly and resumably.
 
->>> from edgevit.training import train
+>>> from edgevit.compress.training import train
 >>> result = train("vit_fmnist_tiny", "fashion-mnist", epochs=8, out="runs/fmnist")  # doctest: +SKIP
 >>> result.test_top1                                                                 # doctest: +SKIP
 

@@ -1,6 +1,6 @@
 """Structured pruning of Vision Transformers: whole attention heads and MLP hidden units.
 
->>> from edgevit.prune import prune
+>>> from edgevit.compress.prune import prune
 >>> r = prune("vit_fmnist_tiny", weights="runs/distill/vit_fmnist_tiny.safetensors",
 ...           heads=0.3, mlp=0.3, finetune_epochs=2, data="fashion-mnist", out="runs/prune")  # doctest: +SKIP
 >>> r.name, r.params_before, r.params_after                                                  # doctest: +SKIP
@@ -418,7 +418,7 @@ def save_pruned(model: nn.Module, plan: PrunePlan, path: str | os.PathLike, name
                 extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Write ``path`` (safetensors: weights; the plan in its metadata) and the JSON beside it."""
     from edgevit.models.weights import save_weights
-    from edgevit.training import _atomic_write
+    from edgevit.compress.training import _atomic_write
 
     p = Path(path)
     if p.suffix != ".safetensors":
@@ -474,7 +474,7 @@ def register_pruned(path: str | os.PathLike, name: str | None = None) -> str:
     them. Registering the same name again with another plan replaces the entry.
     """
     from edgevit.models import get_spec, is_builtin, list_models, register_model
-    from edgevit.profile import profile_model
+    from edgevit.measure.profile import profile_model
 
     p = Path(path)
     if p.suffix == ".json":
@@ -595,8 +595,8 @@ def prune(
     import torch
 
     from edgevit.models import create_model
-    from edgevit.profile import profile_model
-    from edgevit.training import evaluate
+    from edgevit.measure.profile import profile_model
+    from edgevit.compress.training import evaluate
 
     start = time.perf_counter()
     if finetune_epochs < 0:
@@ -606,7 +606,7 @@ def prune(
     if weights is None and not pretrained and not Path(model).is_file():
         raise ConfigError(f"pruning a randomly initialised {model} is meaningless; pass --weights FILE")
     if Path(model).is_file():  # a checkpoint (e.g. one already pruned)
-        from edgevit.distill import resolve_checkpoint_model
+        from edgevit.compress.distill import resolve_checkpoint_model
 
         weights, model = model, resolve_checkpoint_model(model)
     if name is None:
@@ -638,7 +638,7 @@ def prune(
     top1_pruned = evaluate(pruned, ds.test_images, ds.test_labels, spec)[0] if ds is not None else None
     history: list[Any] = []
     if finetune_epochs:
-        from edgevit.distill import fit, load_teacher
+        from edgevit.compress.distill import fit, load_teacher
 
         tch = load_teacher(teacher, teacher_weights) if teacher is not None else None
         torch.manual_seed(seed)

@@ -1,6 +1,6 @@
 """Quantization-aware training (QAT) to int8 for TFLite and ExecuTorch, through PyTorch 2 Export.
 
->>> from edgevit.qat import qat
+>>> from edgevit.compress.qat import qat
 >>> r = qat("vit_fmnist_tiny", "fashion-mnist", weights="runs/distill/vit_fmnist_tiny.safetensors",
 ...         targets=("tflite", "executorch"), epochs=1, out="runs/qat")     # doctest: +SKIP
 >>> [(a.target, a.method, a.top1) for a in r.artifacts]                   # doctest: +SKIP
@@ -15,7 +15,7 @@ The flow, per target (each target has its own quantizer, so its own fake-quantiz
    quantizer (ExecuTorch) or litert-torch's ``PT2EQuantizer`` (TFLite), both symmetric per-channel
    int8 weights and per-tensor int8 activations, with moving-average range observers;
 3. the graph is fine-tuned on the training split with the float model as teacher (soft targets,
-   :func:`edgevit.distill.distillation_loss`) and labels; the range observers are frozen after
+   :func:`edgevit.compress.distill.distillation_loss`) and labels; the range observers are frozen after
    ``freeze_observers`` of the steps, so the last steps train against fixed scales;
 4. ``convert_pt2e`` turns fake-quantizers into quantize/dequantize pairs, and the graph is lowered:
    ``litert_torch.convert(..., quant_config=QuantConfig(pt2e_quantizer=...))`` (int8 TFLite
@@ -278,7 +278,7 @@ def evaluate_artifact(path: str | os.PathLike, inputs: np.ndarray, labels: np.nd
 def _model_inputs(images: np.ndarray, spec: ModelSpec) -> np.ndarray:
     import torch
 
-    from edgevit.training import to_model_input
+    from edgevit.compress.training import to_model_input
 
     return to_model_input(torch.from_numpy(np.array(images, copy=True)), spec).numpy()
 
@@ -325,9 +325,9 @@ def qat(
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 
     from edgevit.data import Dataset, load_dataset
-    from edgevit.distill import Teacher, fit, load_teacher
+    from edgevit.compress.distill import Teacher, fit, load_teacher
     from edgevit.models import create_model
-    from edgevit.training import evaluate
+    from edgevit.compress.training import evaluate
 
     start = time.perf_counter()
     for t in targets:
