@@ -33,7 +33,7 @@ from edgevit.runtimes.integrity import PLACEHOLDER, seal
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ExecuTorchConverter", "delegation_report"]
+__all__ = ["ExecuTorchConverter", "delegation_report", "export_for_quant", "lower"]
 
 _DELEGATE = "XnnpackBackend"
 
@@ -129,7 +129,7 @@ class ExecuTorchConverter(Converter):
             with torch_threads(1):
                 lowered_model, section, warnings, judge = _quantize_pt2e(model, example, metadata, config)
             artifact_meta = metadata.replace(extra={**metadata.extra, "quantization": metadata_summary(section)})
-        data, report = _lower(lowered_model, example, artifact_meta)
+        data, report = lower(lowered_model, example, artifact_meta)
         path.write_bytes(data)
         if judge is not None:  # the fidelity of the real artifact, on the held-out images
             missed = _judge_artifact(path, self.runtime, section, *judge)
@@ -150,7 +150,7 @@ class ExecuTorchConverter(Converter):
             if QuantSettings.from_options(config.options).compare_fp32:
                 fp32_path = path.with_name(f".{path.stem}.fp32-compare{path.suffix}")
                 try:
-                    fp32_data, _ = _lower(model, example, metadata.replace(precision="fp32"))
+                    fp32_data, _ = lower(model, example, metadata.replace(precision="fp32"))
                     fp32_path.write_bytes(fp32_data)
                     x = example.detach().cpu().numpy()
                     latency = compare_latency({"fp32": fp32_path, "quantized": path}, self.runtime, x)
@@ -188,7 +188,7 @@ def _describe_failure(stage: str, exc: BaseException) -> str:
     return f"ExecuTorch {stage} failed{f' (op {op})' if op else ''}: {type(exc).__name__}: {first}"
 
 
-def _lower(model: torch.nn.Module, example: torch.Tensor, metadata: ArtifactMetadata) -> tuple[bytes, DelegationReport]:
+def lower(model: torch.nn.Module, example: torch.Tensor, metadata: ArtifactMetadata) -> tuple[bytes, DelegationReport]:
     """torch.export -> edge dialect -> XNNPACK -> sealed ``.pte`` bytes, and the delegation report."""
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -297,7 +297,7 @@ def _pt2e_ops(graph_module: Any, model: Any) -> list:
     return ops
 
 
-def _export_for_quant(model: torch.nn.Module, example: torch.Tensor) -> tuple[Any, bool]:
+def export_for_quant(model: torch.nn.Module, example: torch.Tensor) -> tuple[Any, bool]:
     """The model as a pre-autograd FX graph for PT2E, with a dynamic batch if it traces so."""
     import torch
 
@@ -429,7 +429,7 @@ def _quantize_pt2e(model: torch.nn.Module, example: torch.Tensor, metadata: Arti
         calibration_info["search_images"] = len(search)
 
     try:
-        graph, batched = _export_for_quant(model, example)
+        graph, batched = export_for_quant(model, example)
         reference = _forward_all(model, search.inputs, True) if search is not None else None
 
         def quantize(exclude: frozenset = frozenset(), naive: bool = False) -> Any:

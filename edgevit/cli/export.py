@@ -105,14 +105,14 @@ def resolve_weights_model(model: str, weights: str | os.PathLike | None) -> str:
     path = Path(weights)
     if not path.is_file():
         raise ModelError(f"{path}: no such weights file")
-    from edgevit.compress.prune import METADATA_PLAN_KEY, _read_plan, register_pruned
+    from edgevit.compress.structured import METADATA_PLAN_KEY, read_plan, register_pruned
 
     # The plan travels in the safetensors metadata; the prune record (.json) beside the file
     # holds it too, for weights saved in another form.
     source = path if METADATA_PLAN_KEY in _safetensors_metadata(path) else _pruning_record(path)
     if source is None:
         return model
-    plan, saved_name = _read_plan(source)
+    plan, saved_name = read_plan(source)
     if model not in (plan.base, saved_name):
         raise ConfigError(
             f"{path} is a pruned {plan.base} (written by `edgevit prune`, plan inside); export it with "

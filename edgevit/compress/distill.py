@@ -20,17 +20,16 @@ the labels and the distillation head from the teacher, either ``hard`` (DeiT's d
 own EdgeViT students have no distillation token: they use the soft-target loss above (a
 distillation token would need a second prefix token and head in :class:`edgevit.models.vit.EdgeViT`).
 
-The training recipe is :func:`edgevit.compress.training.train`'s (AdamW without decay on norms/biases,
-warm-up + cosine learning rate per step, the same seeded augmentation, checkpoints after each
-epoch with resume); :func:`fit` is that loop with a pluggable loss and a teacher, on any module
-(a pruned model, a quantization-aware graph). Teacher and student each get their own
+The training is the one loop's (:func:`edgevit.compress.loop.fit`: AdamW with timm's parameter
+groups, warm-up + cosine learning rate per step, the same seeded augmentation, checkpoints after
+each epoch with resume); :func:`teacher_loss` is the loss hook that brings the teacher in, on any
+module (a pruned model, a quantization-aware graph). Teacher and student each get their own
 preprocessing (input size, colour mode, mean/std) of the *same* augmented uint8 batch.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -41,8 +40,25 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgevit.compress.loop import (
+    CHECKPOINT,
+    Batch,
+    EpochRecord,
+    Hooks,
+    LoopConfig,
+    TrainConfig,
+    atomic_write,
+    enable_grad_checkpointing,
+    evaluate,
+    fit,
+    load_checkpoint,
+    load_initial_weights,
+    pick_device,
+    save_checkpoint,
+    to_model_input,
+    torch_settings,
+)
 from edgevit.errors import ConfigError, DataError, ModelError, OutputExistsError
-from edgevit.compress.training import EpochRecord, TrainConfig, evaluate, to_model_input
 
 if TYPE_CHECKING:
     import torch
@@ -58,10 +74,10 @@ __all__ = [
     "deit_distillation_loss",
     "distill",
     "distillation_loss",
-    "fit",
     "has_distillation_token",
     "load_teacher",
     "resolve_checkpoint_model",
+    "teacher_loss",
 ]
 
 DISTILL_TOKEN_MODES = ("hard", "soft")
@@ -166,7 +182,7 @@ def resolve_checkpoint_model(path: str | os.PathLike) -> str:
         except Exception as exc:  # safetensors raises its own SafetensorError
             raise ModelError(f"{p} is not a valid safetensors file: {exc}") from None
     if "edgevit_pruned" in meta:
-        from edgevit.compress.prune import register_pruned
+        from edgevit.compress.structured import register_pruned
 
         return register_pruned(p)
     name = meta.get("model")
@@ -244,150 +260,28 @@ def _loss_for(
     return distillation_loss(out, teacher_logits, y, temperature, alpha, label_smoothing), out
 
 
-def fit(
-    model: nn.Module,
-    spec: ModelSpec,
-    ds: Dataset,
-    *,
-    teacher: Teacher | None = None,
+def teacher_loss(
+    teacher: Teacher | None,
     temperature: float = 4.0,
     alpha: float = 0.5,
     distill_token: str = "hard",
-    epochs: int = 1,
-    batch_size: int = 128,
-    lr: float = 2e-3,
-    weight_decay: float = 0.05,
-    warmup_epochs: float = 1.0,
     label_smoothing: float = 0.0,
-    augment: str = "auto",
-    seed: int = 0,
-    threads: int | None = None,
-    device: str = "cpu",
-    progress: bool = False,
-    desc: str = "",
-    on_epoch_end: Callable[[EpochRecord], None] | None = None,
-    on_step: Callable[[int, int], None] | None = None,
-    checkpoint: Callable[[nn.Module, Any, dict[str, Any]], None] | None = None,
-    resume_state: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None,
-    train_mode: Callable[[nn.Module, bool], None] | None = None,
-    params: list[Any] | None = None,
-) -> list[EpochRecord]:
-    """Train ``model`` in place on ``ds`` with :func:`edgevit.compress.training.train`'s recipe, the labels
-    and, with a ``teacher``, the distillation loss; returns the per-epoch records.
-
-    ``on_step(step, total)`` runs after every optimizer step (e.g. to freeze quantization
-    observers part-way); ``checkpoint(model, optimizer, state)`` after every epoch;
-    ``resume_state`` (the checkpoint's state and tensors) continues a run; ``train_mode(model,
-    training)`` replaces ``model.train(training)`` (exported graphs switch differently);
-    ``params`` replaces ``_param_groups(model)`` (the AdamW groups).
-    """
-    import torch
-
-    from edgevit.compress.training import _lr_at, _pad_for, _param_groups, _torch_settings, _unflatten_optimizer
-
+) -> Callable[[Any, Batch], tuple[torch.Tensor, torch.Tensor]]:
+    """The loss hook (:class:`edgevit.compress.loop.Hooks` ``loss``) that distils ``teacher`` into
+    the model :func:`edgevit.compress.loop.fit` trains: the teacher sees the same augmented batch
+    through its own preprocessing. Without a teacher it is the labels' cross-entropy."""
     if distill_token not in DISTILL_TOKEN_MODES:
         raise ConfigError(f"distill_token must be one of {', '.join(DISTILL_TOKEN_MODES)}, got {distill_token!r}")
     if not 0 <= alpha <= 1:
         raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
     if not temperature > 0:
         raise ConfigError(f"temperature must be > 0, got {temperature}")
-    set_mode = train_mode or (lambda m, training: m.train(training))
-    threads = threads or os.cpu_count() or 1
-    history: list[EpochRecord] = []
-    with _torch_settings(threads, deterministic=True):
-        steps_per_epoch = math.ceil(len(ds.train_labels) / batch_size)
-        total_steps = epochs * steps_per_epoch
-        warmup_steps = min(total_steps // 5, round(warmup_epochs * steps_per_epoch))
-        opt = torch.optim.AdamW(params if params is not None else _param_groups(model, weight_decay), lr=lr,
-                                betas=(0.9, 0.999))
-        first_epoch, step = 0, 0
-        if resume_state is not None:
-            state, tensors = resume_state
-            model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-            opt.load_state_dict(_unflatten_optimizer(
-                {k: v.to(device) for k, v in tensors.items() if k.startswith("optimizer.")},
-                state["optimizer_param_groups"]))
-            first_epoch, step = int(state["epoch"]), int(state["step"])
-            history = [EpochRecord(**h) for h in state["history"]]
-        train_x = torch.from_numpy(np.array(ds.train_images, copy=True))
-        train_y = torch.from_numpy(np.array(ds.train_labels, dtype=np.int64, copy=True))
-        aug = augment
-        if aug == "auto":
-            from edgevit.compress.training import SMALL_DATASET
 
-            aug = "crop+flip" if len(train_y) < SMALL_DATASET else "flip"
-        pad = _pad_for(ds.image_shape) if "crop" in aug else 0
-        flip = "flip" in aug and ds.flip_ok
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+    def loss(out: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        teacher_logits = teacher.logits(batch.inputs_for(teacher.spec)) if teacher is not None else None
+        return _loss_for(out, batch.labels, teacher_logits, temperature, alpha, distill_token, label_smoothing)
 
-            bar = tqdm(total=total_steps, initial=step, unit="step", file=sys.stderr, dynamic_ncols=True, desc=desc)
-        current_lr = lr
-        try:
-            for epoch in range(first_epoch, epochs):
-                t0 = time.perf_counter()
-                gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-                order = torch.randperm(len(train_y), generator=gen)
-                set_mode(model, True)
-                loss_sum, correct, seen = 0.0, 0, 0
-                for i in range(steps_per_epoch):
-                    idx = order[i * batch_size : (i + 1) * batch_size]
-                    raw = train_x[idx]
-                    before = gen.get_state()
-                    x = to_model_input(raw, spec, generator=gen, flip=flip, pad=pad).to(device)
-                    teacher_logits = None
-                    if teacher is not None:
-                        after = gen.get_state()
-                        gen.set_state(before)  # the teacher sees the same crop and flip
-                        xt = to_model_input(raw, teacher.spec, generator=gen, flip=flip, pad=pad).to(device)
-                        gen.set_state(after)
-                        teacher_logits = teacher.logits(xt)
-                    y = train_y[idx].to(device)
-                    current_lr = _lr_at(step, total_steps, warmup_steps, lr)
-                    for group in opt.param_groups:
-                        group["lr"] = current_lr
-                    out = model(x)
-                    loss, logits = _loss_for(out, y, teacher_logits, temperature, alpha, distill_token, label_smoothing)
-                    if not torch.isfinite(loss):
-                        raise ModelError(
-                            f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step}; lower the "
-                            f"learning rate (now {lr})"
-                        )
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 5.0)
-                    opt.step()
-                    step += 1
-                    if on_step is not None:
-                        on_step(step, total_steps)
-                    loss_sum += float(loss.detach()) * len(idx)
-                    correct += int((logits.detach().argmax(dim=1) == y).sum())
-                    seen += len(idx)
-                    if bar is not None:
-                        bar.update(1)
-                        if i % 20 == 0:
-                            bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}")
-                set_mode(model, False)
-                test_top1, test_loss = evaluate(model, ds.test_images, ds.test_labels, spec, device=device,
-                                                label_smoothing=label_smoothing)
-                record = EpochRecord(
-                    epoch=epoch + 1, train_loss=loss_sum / seen, train_top1=correct / seen,
-                    test_loss=test_loss, test_top1=test_top1, lr=current_lr, seconds=time.perf_counter() - t0,
-                )
-                history.append(record)
-                if checkpoint is not None:
-                    checkpoint(model, opt, {"epoch": epoch + 1, "step": step,
-                                            "history": [h.to_dict() for h in history]})
-                if bar is not None:
-                    bar.set_postfix(epoch=epoch + 1, test_top1=f"{test_top1:.4f}")
-                if on_epoch_end is not None:
-                    on_epoch_end(record)
-        finally:
-            if bar is not None:
-                bar.close()
-        set_mode(model, False)
-    return history
+    return loss
 
 
 # ----------------------------------------------------------------------------------------------
@@ -502,18 +396,6 @@ def distill(
     from edgevit.data import Dataset, load_dataset
     from edgevit.models import create_model, get_spec
     from edgevit.models.weights import load_state_dict, save_weights
-    from edgevit.compress.training import (
-        _CHECKPOINT as TRAIN_CHECKPOINT,
-    )
-    from edgevit.compress.training import (
-        _atomic_write,
-        _load_checkpoint,
-        _load_initial_weights,
-        _pick_device,
-        _save_checkpoint,
-        enable_grad_checkpointing,
-    )
-
     start = time.perf_counter()
     spec = get_spec(student)
     data_name = data.name if isinstance(data, Dataset) else os.fspath(data)
@@ -531,12 +413,12 @@ def distill(
     if not temperature > 0:
         raise ConfigError(f"--temperature must be > 0, got {temperature}")
     threads = threads or os.cpu_count() or 1
-    device = _pick_device(device)
+    device = pick_device(device)
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} is a file; pass a folder")
-    if not resume and (out_dir / f"{TRAIN_CHECKPOINT}.json").exists() and not force:
-        raise OutputExistsError(out_dir / f"{TRAIN_CHECKPOINT}.json")
+    if not resume and (out_dir / f"{CHECKPOINT}.json").exists() and not force:
+        raise OutputExistsError(out_dir / f"{CHECKPOINT}.json")
     if progress is None:
         progress = sys.stderr.isatty()
 
@@ -549,15 +431,13 @@ def distill(
     distill_conf = {"teacher": os.fspath(teacher), "teacher_weights": os.fspath(teacher_weights) if teacher_weights else None,
                     "temperature": temperature, "alpha": alpha, "distill_token": distill_token}
     warnings: list[str] = []
-    from edgevit.compress.training import _torch_settings
-
-    with _torch_settings(threads, deterministic=True):
+    with torch_settings(threads, deterministic=True):
         # The student first, right after seeding: the same initial weights as `edgevit train`.
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
         model = create_model(student, num_classes=ds.num_classes)
         if student_weights is not None:
-            warnings += _load_initial_weights(model, load_state_dict(student_weights), os.fspath(student_weights))
+            warnings += load_initial_weights(model, load_state_dict(student_weights), os.fspath(student_weights))
         if grad_checkpointing:
             enable_grad_checkpointing(model, student)
         model.to(device)
@@ -573,7 +453,7 @@ def distill(
     resume_state = None
     elapsed_before = 0.0
     if resume:
-        state, tensors = _load_checkpoint(out_dir, config)
+        state, tensors = load_checkpoint(out_dir, config)
         saved = state.get("distillation", {})
         diff = [f"{k}: checkpoint {saved.get(k)!r}, now {v!r}" for k, v in distill_conf.items() if saved.get(k) != v]
         if diff:
@@ -583,17 +463,18 @@ def distill(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def save(m, opt, state: dict[str, Any]) -> None:
-        _save_checkpoint(out_dir, m, opt, dict(state, config=config.to_dict(), classes=list(ds.classes),
+        save_checkpoint(out_dir, m, opt, dict(state, config=config.to_dict(), classes=list(ds.classes),
                                                distillation=distill_conf,
                                                seconds=elapsed_before + time.perf_counter() - start))
 
-    history = fit(
-        model, spec, ds, teacher=tch, temperature=temperature, alpha=alpha, distill_token=distill_token,
+    loop = LoopConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
         label_smoothing=label_smoothing, augment=config.augment, seed=seed, threads=threads, device=device,
-        progress=progress, desc=f"{student} <- {tch.name}", on_epoch_end=on_epoch_end, checkpoint=save,
-        resume_state=resume_state,
+        progress=progress, desc=f"{student} <- {tch.name}",
     )
+    hooks = Hooks(loss=teacher_loss(tch, temperature, alpha, distill_token, label_smoothing), checkpoint=save,
+                  on_epoch_end=on_epoch_end)
+    history = fit(model, ds, loop, hooks, spec=spec, resume_state=resume_state)
     if token:
         model.set_distilled_training(False)
     model.eval()
@@ -627,8 +508,8 @@ def distill(
     meta = {"model": student, "dataset": ds.name, "test_top1": f"{history[-1].test_top1:.4f}",
             "classes": json.dumps(list(ds.classes)), "teacher": tch.name}
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(weights_path, lambda p: save_weights(state, p, metadata=meta))
-    _atomic_write(record_path, lambda p: p.write_text(json.dumps(record_doc, indent=1) + "\n"))
+    atomic_write(weights_path, lambda p: save_weights(state, p, metadata=meta))
+    atomic_write(record_path, lambda p: p.write_text(json.dumps(record_doc, indent=1) + "\n"))
     return DistillResult(
         student=student, teacher=tch.name, teacher_weights=tch.weights, teacher_top1=teacher_top1, dataset=ds.name,
         classes=ds.classes, weights=str(weights_path), record=str(record_path), history=tuple(history),

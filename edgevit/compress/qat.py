@@ -190,9 +190,9 @@ def prepare_float(model: nn.Module, target: str, rewrite: bool = True) -> nn.Mod
 
 
 def _export_graph(model: nn.Module, example: torch.Tensor) -> tuple[Any, bool]:
-    from edgevit.converters.executorch import _export_for_quant
+    from edgevit.converters.executorch import export_for_quant
 
-    return _export_for_quant(model, example)
+    return export_for_quant(model, example)
 
 
 def _eval_mode(graph: Any) -> Any:
@@ -253,9 +253,9 @@ def quantize_and_export(
                                   f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from exc
         data = embed_tflite_metadata(edge_model.model_content(), METADATA_KEY, metadata.to_json().encode())
     else:
-        from edgevit.converters.executorch import _lower
+        from edgevit.converters.executorch import lower
 
-        data, report = _lower(converted, example, metadata)
+        data, report = lower(converted, example, metadata)
         details["delegation"] = report.to_dict()
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
@@ -278,7 +278,7 @@ def evaluate_artifact(path: str | os.PathLike, inputs: np.ndarray, labels: np.nd
 def _model_inputs(images: np.ndarray, spec: ModelSpec) -> np.ndarray:
     import torch
 
-    from edgevit.compress.training import to_model_input
+    from edgevit.compress.loop import to_model_input
 
     return to_model_input(torch.from_numpy(np.array(images, copy=True)), spec).numpy()
 
@@ -324,10 +324,10 @@ def qat(
     from torchao.quantization.pt2e import allow_exported_model_train_eval, disable_observer
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 
+    from edgevit.compress.distill import Teacher, load_teacher, teacher_loss
+    from edgevit.compress.loop import Hooks, LoopConfig, evaluate, fit
     from edgevit.data import Dataset, load_dataset
-    from edgevit.compress.distill import Teacher, fit, load_teacher
     from edgevit.models import create_model
-    from edgevit.compress.training import evaluate
 
     start = time.perf_counter()
     for t in targets:
@@ -410,12 +410,12 @@ def qat(
         if freeze_observers == 0:
             prepared.apply(disable_observer)
             frozen_at.append(0)
-        hist = fit(
-            prepared, spec, ds, teacher=tch, temperature=temperature, alpha=alpha if tch is not None else 0.0,
-            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=0.0, warmup_epochs=0.1, augment="auto",
-            seed=seed, threads=threads, progress=progress, desc=f"QAT {spec.name} ({target})",
-            on_epoch_end=on_epoch_end, on_step=on_step, params=[{"params": params, "weight_decay": 0.0}],
-        )
+        loop = LoopConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=0.0, warmup_epochs=0.1,
+                          augment="auto", seed=seed, threads=threads, progress=progress,
+                          desc=f"QAT {spec.name} ({target})")
+        hooks = Hooks(loss=teacher_loss(tch, temperature, alpha if tch is not None else 0.0), on_step=on_step,
+                      on_epoch_end=on_epoch_end, params=[{"params": params, "weight_decay": 0.0}])
+        hist = fit(prepared, ds, loop, hooks, spec=spec)
         history[target] = hist
         prepared.eval()
         converted = _eval_mode(convert_pt2e(prepared, fold_quantize=target != "tflite"))
