@@ -194,11 +194,9 @@ def _ensure_builtin() -> None:
     import importlib
     import pkgutil
 
-    import edgevit.converters as package
-
-    for info in pkgutil.iter_modules(package.__path__):
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):  # this package (already importing)
         if not info.name.startswith("_") and info.name not in _NOT_TARGETS:
-            importlib.import_module(f"{package.__name__}.{info.name}")
+            importlib.import_module(f"{__package__}.{info.name}")
 
 
 def available_targets() -> dict[str, type[Converter]]:

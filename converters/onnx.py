@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgevit.converters._onnx_seal import CHECKSUM_KEY, checksum_trailer
 from edgevit.converters.base import ConvertOutput, Converter, ExportConfig, register_converter
 from edgevit.converters.quantize import QUANT_OPTIONS, add_size_and_latency, metadata_summary, summary_lines, torch_threads
 from edgevit.errors import ConfigError, ConversionError
@@ -32,25 +33,12 @@ if TYPE_CHECKING:
 
 __all__ = ["CHECKSUM_KEY", "MAX_OPSET", "MIN_OPSET", "ONNXConverter", "checksum_trailer"]
 
-CHECKSUM_KEY = "edgevit.sha256"
 # torchlib (the dynamo exporter's op library) is written against opset 18; other opsets go
 # through the ONNX version converter. Below 18 the converter loses ops (LayerNormalization is 17+,
 # the exporter refuses < 18); above what onnxruntime 1.32 implements the file would not load.
 MIN_OPSET = 18
 MAX_OPSET = 23
 _PROTOBUF_LIMIT = 2**31 - 1
-
-
-def checksum_trailer(digest_hex: str) -> bytes:
-    """The serialized ``metadata_props`` entry that carries ``digest_hex``: appended to a model
-    whose bytes hash to ``digest_hex``, it seals it (the runtime hashes the file without it)."""
-    import onnx
-
-    entry = onnx.ModelProto()
-    prop = entry.metadata_props.add()
-    prop.key = CHECKSUM_KEY
-    prop.value = digest_hex
-    return entry.SerializeToString()
 
 
 @register_converter

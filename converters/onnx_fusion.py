@@ -393,7 +393,7 @@ def fuse_for_onnxruntime(
 
     # Metadata: the optimizer keeps metadata_props, but rebuild them to be sure of order and content.
     del fused.metadata_props[:]
-    from edgevit.converters.onnx import CHECKSUM_KEY  # read-only use of the ONNX target's constant
+    from edgevit.converters._onnx_seal import CHECKSUM_KEY
 
     for key, value in props:
         if key == CHECKSUM_KEY:
@@ -435,7 +435,7 @@ def write_onnx(proto: onnx.ModelProto, path: str | Path) -> Path:
     """Write ``proto`` as one file with the ``edgevit.sha256`` trailer the ONNX runtime checks."""
     import hashlib
 
-    from edgevit.converters.onnx import checksum_trailer
+    from edgevit.converters._onnx_seal import checksum_trailer
 
     path = Path(path)
     body = proto.SerializeToString()

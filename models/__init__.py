@@ -8,8 +8,8 @@
 from edgevit.models._registry import (
     ATTENTION_KINDS,
     ModelSpec,
-    _ensure_catalog,
     create_model,
+    ensure_catalog,
     get_spec,
     is_builtin,
     list_models,
@@ -17,7 +17,7 @@ from edgevit.models._registry import (
     unregister_model,
 )
 
-_ensure_catalog()  # the shipped catalog modules register their entries (marked as built in)
+ensure_catalog()  # the shipped catalog modules register their entries (marked as built in)
 
 from edgevit.models.catalog_edgevit import DEFAULT_MODEL  # noqa: E402
 

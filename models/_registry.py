@@ -153,7 +153,7 @@ def register_model(spec: ModelSpec, replace: bool = False) -> ModelSpec:
 
 def unregister_model(name: str) -> None:
     """Remove a model registered at run time (e.g. by ``register_pruned``); shipped entries stay."""
-    _ensure_catalog()
+    ensure_catalog()
     if name in _BUILTIN:
         raise ValueError(f"model {name!r} is a shipped catalog entry and cannot be removed")
     if name not in _CATALOG:
@@ -163,14 +163,14 @@ def unregister_model(name: str) -> None:
 
 def is_builtin(name: str) -> bool:
     """Whether ``name`` is a shipped catalog entry (not one registered at run time)."""
-    _ensure_catalog()
+    ensure_catalog()
     return name in _BUILTIN
 
 
 _DISCOVERED = False
 
 
-def _ensure_catalog() -> None:
+def ensure_catalog() -> None:
     """Import every catalog module in this package once; each registers its entries."""
     global _DISCOVERED, _LOADING_BUILTIN
     if _DISCOVERED:
@@ -179,13 +179,11 @@ def _ensure_catalog() -> None:
     import importlib
     import pkgutil
 
-    import edgevit.models as package
-
     _LOADING_BUILTIN = True
     try:
-        for info in pkgutil.iter_modules(package.__path__):
+        for info in pkgutil.iter_modules([str(Path(__file__).parent)]):  # this package (already importing)
             if info.name.startswith("catalog_"):
-                importlib.import_module(f"{package.__name__}.{info.name}")
+                importlib.import_module(f"{__package__}.{info.name}")
     finally:
         _LOADING_BUILTIN = False
 
@@ -194,7 +192,7 @@ def get_spec(name: str) -> ModelSpec:
     """The spec of model source ``name``: a catalog entry, or ``timm:NAME``, ``hf:ORG/NAME`` or a
     ``save_pretrained`` folder (see :mod:`edgevit.models.sources`). Unknown names raise with the
     closest matches."""
-    _ensure_catalog()
+    ensure_catalog()
     if name in _CATALOG:
         return _CATALOG[name]
     from edgevit.models.sources import is_source, source_spec
@@ -210,7 +208,7 @@ def list_models(pattern: str = "*", attention: str | None = None, target: str | 
                 builtin_only: bool = False) -> list[str]:
     """Catalog names matching a glob ``pattern``, an attention kind and, optionally, a target
     the model has no known issue on; ``builtin_only`` leaves out models registered at run time."""
-    _ensure_catalog()
+    ensure_catalog()
     if attention is not None and attention not in ATTENTION_KINDS:
         from edgevit.errors import UnknownNameError
 

@@ -122,7 +122,7 @@ def resolve_weights_model(model: str, weights: str | os.PathLike | None) -> str:
     return register_pruned(source, name=saved_name)
 
 
-def _not_fitting_hint(model: str, weights: str | os.PathLike) -> str:
+def not_fitting_hint(model: str, weights: str | os.PathLike) -> str:
     """A suggestion for a checkpoint whose tensors do not fit ``model``."""
     meta = _safetensors_metadata(Path(weights))
     saved = meta.get("model")
@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         except ModelError as exc:
             if args.weights is None or "does not fit this model" not in str(exc):
                 raise
-            raise ModelError(f"{exc}{_not_fitting_hint(model, args.weights)}") from exc
+            raise ModelError(f"{exc}{not_fitting_hint(model, args.weights)}") from exc
     if not args.no_record:
         _record(result, args)
     if args.json:

@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
     from edgevit.cli import emit_json, json_stdout_guard, print_table
     from edgevit.cli._common import format_bytes, progress_enabled
-    from edgevit.cli.export import _not_fitting_hint, resolve_weights_model
+    from edgevit.cli.export import not_fitting_hint, resolve_weights_model
     from edgevit.errors import ModelError
     from edgevit.models import get_spec
 
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         except ModelError as exc:
             if args.weights is None or "does not fit this model" not in str(exc):
                 raise
-            raise ModelError(f"{exc}{_not_fitting_hint(model, args.weights)}") from exc
+            raise ModelError(f"{exc}{not_fitting_hint(model, args.weights)}") from exc
     n_test, n_train = len(ds.test_labels), len(ds.train_labels)
     weights = str(args.weights) if args.weights else (spec.embedded_weights or "catalog") if args.pretrained \
         else "random-init"

@@ -27,9 +27,9 @@ LEGEND = (
 
 def _support_file() -> Path:
     try:
-        from edgevit.models import _registry
+        import edgevit.models as models
 
-        return Path(_registry.__file__).parent / "support.json"
+        return Path(models.__file__).parent / "support.json"
     except ImportError:  # pragma: no cover
         return SUPPORT_FILE
 
