@@ -33,7 +33,7 @@ SECONDS = int(os.environ.get("EDGEVIT_FUZZ_SECONDS", "8"))
 SEED = os.environ.get("EDGEVIT_FUZZ_SEED", "1")  # fixed by default: a failure can be replayed
 
 # ExecuTorch 1.5.1's pybindings call std::terminate when a C++ log line holds non-UTF-8 bytes
-# (a crafted .pte with a recomputed digest reaches it); see test_reliability.py.
+# (a crafted .pte with a recomputed digest reaches it); see runtimes/test_reliability.py.
 ET_UPSTREAM_ABORT = re.compile(r"pybind11::error_already_set.*\n.*UnicodeDecodeError", re.S)
 
 

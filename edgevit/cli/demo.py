@@ -1,5 +1,8 @@
 """``edgevit demo``: the Raspberry Pi camera app (apps/raspberry_pi) on any machine.
 
+The app is an optional dependency, imported by name (``import edgevit_pi``): from an edgevit
+checkout, ``pip install ./apps/raspberry_pi`` installs it. Without it the command says so.
+
 With no ``--source`` it plays a short looping "video" (an animated GIF) made from edgevit's real
 sample photos (Fashion-MNIST test images for Fashion-MNIST models, then natural photos), so the
 live browser view works anywhere without a camera or OpenCV.
@@ -11,7 +14,6 @@ import argparse
 import importlib
 import sys
 import tempfile
-from pathlib import Path
 from types import ModuleType
 
 from edgevit._text import safe_text
@@ -32,23 +34,15 @@ EXAMPLES = [
     "edgevit demo model.tflite --source clip.gif --no-window --frames 200 --json",
 ]
 
-_APP_DIR = Path(__file__).resolve().parents[2] / "apps" / "raspberry_pi"
+INSTALL_HINT = "from an edgevit checkout run `pip install ./apps/raspberry_pi`"
 
 
 def _app_cli() -> ModuleType | None:
-    """``edgevit_pi.cli`` when the app is importable: installed (``pip install ./apps/raspberry_pi``)
-    or beside this package in a source checkout."""
+    """``edgevit_pi.cli`` when the camera app is installed, else None."""
     try:
         return importlib.import_module("edgevit_pi.cli")
     except ImportError:
-        pass
-    if (_APP_DIR / "edgevit_pi" / "__init__.py").is_file():
-        sys.path.insert(0, str(_APP_DIR))
-        try:
-            return importlib.import_module("edgevit_pi.cli")
-        except ImportError:
-            sys.path.remove(str(_APP_DIR))
-    return None
+        return None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,10 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     app_cli = _app_cli()
     if app_cli is None:
-        raise ConfigError(
-            "the camera app (apps/raspberry_pi/edgevit_pi) is not installed; from an edgevit checkout run "
-            "`pip install ./apps/raspberry_pi`"
-        )
+        raise ConfigError(f"the camera app (apps/raspberry_pi/edgevit_pi) is not installed; {INSTALL_HINT}")
     from edgevit_pi.media import build_demo_media
 
     app_cli.setup_logging("INFO")

@@ -1,5 +1,5 @@
-"""Shared helpers for the reliability, fuzz and concurrency tests (tests/test_reliability.py,
-tests/test_fuzz.py, tests/test_concurrency.py) and the standalone fuzz scripts in this folder.
+"""Shared helpers for the reliability, fuzz and concurrency tests (tests/runtimes/test_reliability.py,
+tests/test_fuzz.py, tests/runtimes/test_concurrency.py) and the standalone fuzz scripts in this folder.
 
 * :func:`exported_artifacts` exports the small ``vit_fmnist_tiny`` once per process to every
   registered target (fp32, no verification: the target tests verify) and hands back the paths.

@@ -20,7 +20,7 @@ public class ExportedTfliteTest {
     public void readsTheMetadataOfAnEdgevitExport() throws Exception {
         String model = System.getenv("EDGEVIT_TEST_TFLITE");
         String expected = System.getenv("EDGEVIT_TEST_TFLITE_EXPECTED");
-        assumeTrue("EDGEVIT_TEST_TFLITE not set (tests/test_android_jvm.py sets it)", model != null && expected != null);
+        assumeTrue("EDGEVIT_TEST_TFLITE not set (tests/apps/test_android_jvm.py sets it)", model != null && expected != null);
         Path path = Paths.get(model);
         byte[] data = Files.readAllBytes(path);
         Map<String, Object> want = Json.parseObject(new String(Files.readAllBytes(Paths.get(expected)),

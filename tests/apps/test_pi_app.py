@@ -29,10 +29,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
-REPO = Path(__file__).resolve().parent.parent
-APP_DIR = REPO / "apps" / "raspberry_pi"
-if str(APP_DIR) not in sys.path:
-    sys.path.insert(0, str(APP_DIR))
+REPO = Path(__file__).resolve().parents[2]
+APP_DIR = REPO / "apps" / "raspberry_pi"  # on sys.path through this folder's conftest.py
 
 from edgevit_pi import AppConfig, CameraApp, Captured, FrameSource, open_source  # noqa: E402
 from edgevit_pi.media import demo_frames, label_set_for, write_gif  # noqa: E402

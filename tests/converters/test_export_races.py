@@ -21,7 +21,7 @@ import pytest
 
 from edgevit.errors import EdgeVitError, OutputExistsError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ONNX_NAME = "vit_fmnist_tiny_onnx_fp32.onnx"
 PACKAGE_NAME = "vit_fmnist_tiny_coreml_fp16.mlpackage"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CORE = REPO / "apps" / "android" / "core"
 RUN_TESTS = CORE / "run-tests.sh"
 GOLDEN = CORE / "src" / "test" / "resources" / "golden"

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "fuzz"))
+# tests/fuzz is on sys.path through this folder's conftest.py
 import reliability_harness as harness  # noqa: E402
 
 from edgevit.runtimes import Classifier, available_runtimes  # noqa: E402

@@ -23,25 +23,6 @@ from edgevit.errors import ConfigError  # noqa: E402
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-def _trained_tiny(tmp_path_factory) -> str:
-    """A vit_fmnist_tiny that has learned Fashion-MNIST: the shipped weights, or (until they are
-    shipped) one quick epoch on 3,000 real images, shared by this session's test modules."""
-    from edgevit.models import get_spec
-    from edgevit.models._registry import WEIGHTS_DIR
-
-    spec = get_spec("vit_fmnist_tiny")
-    if spec.embedded_weights and (WEIGHTS_DIR / spec.embedded_weights).is_file():
-        return str(WEIGHTS_DIR / spec.embedded_weights)
-    folder = tmp_path_factory.getbasetemp() / "edgevit-trained-tiny"
-    weights = folder / "vit_fmnist_tiny.safetensors"
-    if not weights.is_file():
-        from edgevit.compress.training import train
-
-        train("vit_fmnist_tiny", "fashion-mnist", epochs=2, batch_size=32, augment=False, train_limit=3000,
-              test_limit=500, out=folder, force=True, progress=False)
-    return str(weights)
-
-
 def _softmax(z):
     m = max(z)
     e = [math.exp(v - m) for v in z]
@@ -124,10 +105,10 @@ def test_a_teacher_without_weights_is_refused():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="needs the dataset-fashion-mnist package")
-def test_distilled_student_learns_real_fashion_mnist(tmp_path, tmp_path_factory, capsys):
+def test_distilled_student_learns_real_fashion_mnist(tmp_path, trained_tiny, capsys):
     from edgevit.cli import main
 
-    teacher = _trained_tiny(tmp_path_factory)
+    teacher = trained_tiny
     out = tmp_path / "distill"
     rc = main(["distill", "--teacher", "vit_fmnist_tiny", "--teacher-weights", teacher, "--student", "vit_fmnist_tiny",
                "--data", "fashion-mnist", "--epochs", "1", "--train-limit", "2000", "--test-limit", "500",

@@ -28,25 +28,6 @@ from edgevit.compress.prune import (  # noqa: E402
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-def _trained_tiny(tmp_path_factory) -> str:
-    """The shipped vit_fmnist_tiny weights, or one quick run on real images shared by the session
-    (the same helper as in test_distill.py)."""
-    from edgevit.models import get_spec
-    from edgevit.models._registry import WEIGHTS_DIR
-
-    spec = get_spec("vit_fmnist_tiny")
-    if spec.embedded_weights and (WEIGHTS_DIR / spec.embedded_weights).is_file():
-        return str(WEIGHTS_DIR / spec.embedded_weights)
-    folder = tmp_path_factory.getbasetemp() / "edgevit-trained-tiny"
-    weights = folder / "vit_fmnist_tiny.safetensors"
-    if not weights.is_file():
-        from edgevit.compress.training import train
-
-        train("vit_fmnist_tiny", "fashion-mnist", epochs=2, batch_size=32, augment=False, train_limit=3000,
-              test_limit=500, out=folder, force=True, progress=False)
-    return str(weights)
-
-
 def _dims(model):
     b = prunable_blocks(model)[0]
     return b.attn.qkv.in_features, b.num_heads, b.head_dim, b.hidden, len(prunable_blocks(model))
@@ -139,11 +120,11 @@ def test_timm_deit_with_distillation_token(tmp_path):
 
 
 @pytest.mark.slow
-def test_pruned_model_registers_and_exports_to_tflite(tmp_path, tmp_path_factory):
+def test_pruned_model_registers_and_exports_to_tflite(tmp_path, trained_tiny):
     pytest.importorskip("litert_torch")
     from edgevit.converters import export
 
-    weights = _trained_tiny(tmp_path_factory)
+    weights = trained_tiny
     model = create_model("vit_fmnist_tiny", weights=weights)
     full_params = sum(p.numel() for p in model.parameters())
     pruned, plan = prune_model(model, heads=0.25, mlp=0.3)
@@ -163,10 +144,10 @@ def test_pruned_model_registers_and_exports_to_tflite(tmp_path, tmp_path_factory
 
 @pytest.mark.slow
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="needs the dataset-fashion-mnist package")
-def test_cli_prune_with_fine_tuning_on_real_data(tmp_path, tmp_path_factory, capsys):
+def test_cli_prune_with_fine_tuning_on_real_data(tmp_path, trained_tiny, capsys):
     from edgevit.cli import main
 
-    weights = _trained_tiny(tmp_path_factory)
+    weights = trained_tiny
     rc = main(["prune", "vit_fmnist_tiny", "--weights", weights, "--heads", "0.25", "--mlp", "0.3",
                "--finetune-epochs", "1", "--data", "fashion-mnist", "--train-limit", "2000", "--test-limit", "500",
                "--name", "vit_fmnist_tiny_cli_pruned", "--out", str(tmp_path), "--threads", "2", "--json"])

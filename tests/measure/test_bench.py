@@ -25,7 +25,7 @@ def shared_artifact(tmp_path_factory, target: str) -> Path:
 
     path = folder / f"vit_fmnist_tiny_{target}_fp32{get_converter(target).suffix}"
     if not path.exists():
-        weights = Path(__file__).resolve().parent.parent / "models" / "weights" / "vit_fmnist_tiny.safetensors"
+        weights = Path(__file__).resolve().parents[2] / "models" / "weights" / "vit_fmnist_tiny.safetensors"
         export("vit_fmnist_tiny", target, out=path, pretrained=weights.is_file(), verify=False)
     return path
 

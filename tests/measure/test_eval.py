@@ -16,7 +16,7 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 needs_fmnist = pytest.mark.skipif(
     not FMNIST.is_file(), reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)"
 )
-WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "weights" / "vit_fmnist_tiny.safetensors"
+WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "weights" / "vit_fmnist_tiny.safetensors"
 
 
 def shared_artifact(tmp_path_factory, target: str = "tflite") -> Path:

@@ -17,7 +17,7 @@ from edgevit.errors import ConfigError
 
 torch = pytest.importorskip("torch")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models" / "weights" / "vit_fmnist_tiny.safetensors"
 PRUNED_NAME = "vit_fmnist_tiny_pruned"
 

@@ -50,7 +50,7 @@ def test_parameter_counts_drop_exactly(name, dim, hidden, depth, patch, chans, r
     # state_dict holds each tensor once: the same number of values as parameters() (+ no buffers).
     assert sum(v.numel() for v in shared.state_dict().values()) == _count(shared)
     assert len(shared.blocks) == 1 and shared.block_repeats == depth
-    # Catalog figures (checked against a fresh measurement in tests/test_profile.py) agree.
+    # Catalog figures (checked against a fresh measurement in tests/measure/test_profile.py) agree.
     assert get_spec(f"{name}_shared").params_m == pytest.approx(_count(shared) / 1e6, rel=1e-3)
 
 

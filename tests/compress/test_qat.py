@@ -16,25 +16,6 @@ from edgevit.compress.qat import fold_batchnorm, make_quantizer, qat  # noqa: E4
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-def _trained_tiny(tmp_path_factory) -> str:
-    """The shipped vit_fmnist_tiny weights, or one quick run on real images shared by the session
-    (the same helper as in test_distill.py)."""
-    from edgevit.models import get_spec
-    from edgevit.models._registry import WEIGHTS_DIR
-
-    spec = get_spec("vit_fmnist_tiny")
-    if spec.embedded_weights and (WEIGHTS_DIR / spec.embedded_weights).is_file():
-        return str(WEIGHTS_DIR / spec.embedded_weights)
-    folder = tmp_path_factory.getbasetemp() / "edgevit-trained-tiny"
-    weights = folder / "vit_fmnist_tiny.safetensors"
-    if not weights.is_file():
-        from edgevit.compress.training import train
-
-        train("vit_fmnist_tiny", "fashion-mnist", epochs=2, batch_size=32, augment=False, train_limit=3000,
-              test_limit=500, out=folder, force=True, progress=False)
-    return str(weights)
-
-
 def test_fold_batchnorm_keeps_the_function():
     from edgevit.models import create_model
 
@@ -62,12 +43,12 @@ def test_quantizers():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="needs the dataset-fashion-mnist package")
-def test_qat_tflite_int8_is_as_accurate_as_ptq(tmp_path, tmp_path_factory):
+def test_qat_tflite_int8_is_as_accurate_as_ptq(tmp_path, trained_tiny):
     pytest.importorskip("litert_torch")
     from edgevit.models import create_model
     from edgevit.runtimes import load
 
-    weights = _trained_tiny(tmp_path_factory)
+    weights = trained_tiny
     result = qat("vit_fmnist_tiny", "fashion-mnist", weights=weights, targets=("tflite",), epochs=1,
                  train_limit=1500, test_limit=1000, calibration_images=256, out=tmp_path, threads=2)
     q, p = result.artifact("tflite", "qat"), result.artifact("tflite", "ptq")

@@ -386,7 +386,7 @@ def _bench_module():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "quantize.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "quantize.py"
     spec = importlib.util.spec_from_file_location("edgevit_bench_quantize", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import select
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,10 +19,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-APP_DIR = REPO / "apps" / "raspberry_pi"
-if str(APP_DIR) not in sys.path:
-    sys.path.insert(0, str(APP_DIR))
+REPO = Path(__file__).resolve().parents[2]
+APP_DIR = REPO / "apps" / "raspberry_pi"  # on sys.path through this folder's conftest.py
 
 from edgevit_pi.server import FrameBroadcast, ViewerServer  # noqa: E402
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from edgevit.measure.support import END, START, support_markdown, support_table
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_readme_table_is_the_generated_one():

@@ -34,13 +34,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "fuzz"))
+# tests/fuzz is on sys.path through this folder's conftest.py
 import reliability_harness as harness  # noqa: E402
 
 from edgevit.errors import ArtifactError, ConfigError, DataError, EdgeVitError, ImageError  # noqa: E402
 from edgevit.runtimes import available_runtimes, load  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RUNTIMES = sorted(available_runtimes())
 FILE_RUNTIMES = [r for r in RUNTIMES if r != "coreml"]
 # Runtimes whose artifacts carry a SHA-256 checked on load: every damaged byte is reported.
@@ -242,7 +242,7 @@ def test_executorch_program_that_asks_for_too_much_memory_is_an_artifact_error(t
     """A fuzzer-found program (tests/fuzz/regressions/, a damaged vit_fmnist_tiny export, digest
     re-sealed as a crafted file would be) makes ExecuTorch's loader throw std::bad_alloc, which
     pybind11 raises as MemoryError: it must come out as an ArtifactError naming the problem."""
-    crafted = (Path(__file__).parent / "fuzz" / "regressions" / "executorch-bad-alloc.pte").read_bytes()
+    crafted = (Path(__file__).resolve().parents[1] / "fuzz" / "regressions" / "executorch-bad-alloc.pte").read_bytes()
     p = _write(tmp_path, "crafted.pte", harness.restamp(crafted))
     with pytest.raises(ArtifactError, match="more memory than can be allocated"):
         load(p)
