@@ -1,8 +1,11 @@
 """edgevit: get efficient Vision Transformers onto phones, Raspberry Pis and Macs, and prove
 they are still the same model.
 
-The package root is light (numpy + Pillow). Host-side parts (catalog, converters) need
-``pip install 'edgevit[export]'``; device runtimes need one runtime extra each.
+The package root is light (numpy + Pillow) and holds only what a device may import (errors,
+metadata, preprocessing); the rooms below it say what they are for: ``compress`` (training loop,
+distillation, pruning, QAT), ``measure`` (profile, bench, eval, results, report), ``data``
+(datasets, calibration, sample photos), ``cli``. Host-side parts (catalog, converters, compress,
+measure) need ``pip install 'edgevit[export]'``; device runtimes need one runtime extra each.
 """
 
 from edgevit._version import __version__

@@ -185,6 +185,7 @@ def to_model_input(
 
 
 def pad_for(shape: tuple[int, ...]) -> int:
+    """The zero border for random crops of images of ``shape``: about 1/14 of the shorter side."""
     return max(1, round(min(shape[0], shape[1]) / 14))
 
 
@@ -251,6 +252,7 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
 
 
 def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """The optimizer state as flat named tensors (for safetensors) plus its param-group settings."""
     sd = opt.state_dict()
     tensors = {
         f"optimizer.{idx}.{key}": value
@@ -262,6 +264,7 @@ def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tenso
 
 
 def unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """The inverse of :func:`flatten_optimizer`: a state dict for ``optimizer.load_state_dict``."""
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         _, idx, key = name.split(".", 2)
@@ -271,6 +274,7 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict[str,
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` a temporary file beside ``path``, then rename it into place (never half a file)."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         write(tmp)
@@ -281,6 +285,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def save_checkpoint(out: Path, model, opt, state: dict[str, Any]) -> None:
+    """Write ``out/checkpoint.safetensors`` (model + optimizer tensors) and ``out/checkpoint.json``."""
     from safetensors.torch import save_file
 
     opt_tensors, groups = flatten_optimizer(opt)
@@ -294,6 +299,7 @@ def save_checkpoint(out: Path, model, opt, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(out: Path, config: TrainConfig) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(state, tensors) of the checkpoint in ``out``, checked to belong together and to ``config``."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -328,6 +334,7 @@ def load_checkpoint(out: Path, config: TrainConfig) -> tuple[dict[str, Any], dic
 
 @contextlib.contextmanager
 def torch_settings(threads: int, deterministic: bool) -> Iterator[None]:
+    """Thread count and deterministic algorithms for the block, the previous settings restored after."""
     import torch
 
     old_threads = torch.get_num_threads()
@@ -361,6 +368,7 @@ def enable_grad_checkpointing(model: nn.Module, name: str) -> None:
 
 
 def pick_device(device: str | None) -> str:
+    """``device``, checked; None picks CUDA when available, else the CPU."""
     import torch
 
     if device is None:

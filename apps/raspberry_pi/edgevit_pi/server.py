@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import html
 import io
 import ipaddress
 import json
@@ -178,11 +179,6 @@ poll();
 </body>
 </html>
 """
-
-
-def _html_escape(text: str) -> str:
-    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace('"', "&quot;").replace("'", "&#x27;"))
 
 
 # -- Host names --------------------------------------------------------------------------------
@@ -377,7 +373,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if path in ("/", "/index.html"):
                 model = str(state.status_json().get("model", ""))
-                page = PAGE.replace("__MODEL__", _html_escape(model))
+                page = PAGE.replace("__MODEL__", html.escape(model, quote=True))
                 self._send(200, page.encode(), "text/html; charset=utf-8")
             elif path == "/stream.mjpg":
                 self._stream()
