@@ -6,6 +6,9 @@ The edgevit metadata travels inside the program as a *constant method*: ExecuTor
 back with ``program.load_method("edgevit").execute([])``; nothing beside the ``.pte`` is needed.
 A second constant method, ``edgevit_sha256``, holds the SHA-256 of the file (computed over the
 file with the digest itself zeroed), so the runtime can reject damaged files before loading them.
+Its slot is located by walking the program flatbuffer to that method's string
+(:func:`~edgevit.runtimes.executorch.pte_digest_slot`), at export and at load alike, so a label that
+contains the marker text ``edgevit-sha256:`` is just content.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ from edgevit.converters.quantize import (
     summary_lines,
     torch_threads,
 )
-from edgevit.errors import ConversionError
+from edgevit.errors import ArtifactError, ConversionError
 from edgevit.metadata import METADATA_KEY, ArtifactMetadata
-from edgevit.runtimes.executorch import DIGEST_METHOD, check_pte
-from edgevit.runtimes.integrity import PLACEHOLDER, seal
+from edgevit.runtimes.executorch import DIGEST_METHOD, check_pte, pte_digest_slot
+from edgevit.runtimes.integrity import DIGEST_HEX, PLACEHOLDER, seal_at
 
 if TYPE_CHECKING:
     import torch
@@ -164,11 +167,17 @@ class ExecuTorchConverter(Converter):
 
 def _seal(buffer: bytes) -> bytes:
     """Write the file's SHA-256 into the digest placeholder (same length, so the flatbuffer
-    layout does not move); the runtime checks it before loading (see runtimes/integrity.py)."""
+    layout does not move); the runtime checks it before loading (see runtimes/integrity.py).
+
+    The placeholder is the string of the ``edgevit_sha256`` method, found by position in the
+    program (:func:`pte_digest_slot`), not by searching for the marker a label may hold too."""
     try:
-        data = seal(buffer)
-    except ValueError:
-        raise ConversionError("ExecuTorch program does not hold exactly one edgevit digest placeholder") from None
+        at = pte_digest_slot(buffer, "the exported program")
+        if buffer[at : at + DIGEST_HEX] != PLACEHOLDER[-DIGEST_HEX:]:
+            raise ValueError("the digest method does not hold the placeholder")
+        data = seal_at(buffer, at)
+    except (ArtifactError, ValueError) as exc:
+        raise ConversionError(f"ExecuTorch program: cannot seal its edgevit digest: {exc}") from None
     check_pte(data, "the exported program")
     return data
 

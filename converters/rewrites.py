@@ -19,6 +19,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
+import math
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -36,12 +39,14 @@ __all__ = [
     "EdgeRewriteConfig",
     "FoldedInputConv",
     "FusedInputModel",
+    "HF_VIT_ATTENTION",
     "RewriteReport",
     "edge_rewrite",
     "fuse_input_stage",
     "input_convolutions",
     "reparameterize",
     "rewrite_for_target",
+    "unrecognised_attention",
     "window_partition_rank4",
     "window_reverse_rank4",
 ]
@@ -190,7 +195,10 @@ def fuse_input_stage(model: nn.Module, mean: Sequence[float], std: Sequence[floa
 #   average pooling as the rank-4 keep-dims mean XNNPACK runs.
 #
 # The weights are shared with (or folded from) the source module, so a rewritten model equals its
-# source up to float reassociation; tests/test_rewrites.py states the tolerances.
+# source up to float reassociation; tests/test_rewrites.py and tests/test_rewrites_any_vit.py state
+# the tolerances. Modules are found by exact class wherever they sit in a model (timm's,
+# transformers' and edgevit's), not by model name; attention of any other class is kept and listed
+# in the report's ``unrecognised``.
 # ================================================================================================
 
 ATTENTION_FORMS = ("keep", "bmm")
@@ -204,8 +212,9 @@ class EdgeRewriteConfig:
     ``attention``: ``"bmm"`` (explicit per-head batched matmul + softmax) or ``"keep"``.
     ``layer_norm``: ``"linear"`` (mean/variance by a one-output linear layer: all-XNNPACK on
     ExecuTorch) or ``"keep"`` (the runtime's own LayerNorm lowering). ``windows``: Swin's blocks and
-    patch merging with tensors of rank <= 5. ``pooling``: global average pooling in rank-4 keep-dims
-    form. ``fold_norms``: BatchNorm folded into the preceding linear layer (LeViT).
+    patch merging (timm's Swin, transformers' Swin and SwinV2) with tensors of rank <= 5.
+    ``pooling``: global average pooling in rank-4 keep-dims form. ``fold_norms``: BatchNorm folded
+    into the preceding linear layer (LeViT).
     ``linear_2d``: linear layers applied to tokens flattened to (rows, features), which ONNX
     Runtime runs as one Gemm with its bias (a rank-3 MatMul keeps a separate Add).
     """
@@ -230,17 +239,23 @@ class EdgeRewriteConfig:
 
 @dataclasses.dataclass
 class RewriteReport:
-    """What :func:`edge_rewrite` replaced (by rule name) and what it left, with the reason."""
+    """What :func:`edge_rewrite` replaced (by rule name), what it left (with the reason), and the
+    attention modules no rule recognises (module path -> class name; exported as they are)."""
 
     replaced: Counter = dataclasses.field(default_factory=Counter)
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+    unrecognised: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def total(self) -> int:
         return sum(self.replaced.values())
 
     def to_dict(self) -> dict:
-        return {"replaced": dict(sorted(self.replaced.items())), "skipped": dict(self.skipped)}
+        return {
+            "replaced": dict(sorted(self.replaced.items())),
+            "skipped": dict(self.skipped),
+            "unrecognised": dict(self.unrecognised),
+        }
 
 
 class _Skip(Exception):
@@ -248,19 +263,30 @@ class _Skip(Exception):
 
 
 def _classes(*paths: str) -> tuple[type, ...]:
-    """Classes by ``module:Class`` (those the installed timm / edgevit lacks are left out)."""
+    """Classes by ``module:Class`` (those the installed timm / transformers / edgevit lacks are left out).
+
+    transformers classes are looked up only once the caller has imported transformers: a model
+    built from it has, and a timm or catalog export then pays nothing for the lookup.
+    """
     import importlib
+    import sys
 
     from edgevit.errors import MissingDependencyError
 
     found = []
     for path in paths:
         module, _, name = path.partition(":")
+        if module.startswith("transformers") and "transformers" not in sys.modules:
+            continue
         with contextlib.suppress(ImportError, AttributeError, MissingDependencyError):
             if module.startswith("timm"):
                 from edgevit.models._timm import import_timm
 
                 import_timm()  # timm imports torchvision: apply edgevit's compatibility step first
+            elif module.startswith("transformers"):
+                from edgevit._torchvision_compat import ensure_torchvision_importable
+
+                ensure_torchvision_importable()
             found.append(getattr(importlib.import_module(module), name))
     return tuple(found)
 
@@ -291,53 +317,175 @@ def _apply_rule(model: nn.Module, kinds: tuple[type, ...], build: Callable[[nn.M
         report.replaced[label] += 1
 
 
+@dataclasses.dataclass(frozen=True)
+class _Rule:
+    """Modules of exactly these classes (``module:Class``) are rebuilt by ``build`` when ``enabled``.
+
+    ``attention``: the classes are attention or hold it (Swin blocks): recognised, so never listed
+    as unrecognised, whether or not the config enables the rule.
+    """
+
+    label: str
+    classes: tuple[str, ...]
+    build: Callable[[nn.Module], nn.Module]
+    enabled: Callable[[EdgeRewriteConfig], bool]
+    attention: bool = False
+
+
+def _windows(c: EdgeRewriteConfig) -> bool:
+    return c.windows
+
+
+def _bmm(c: EdgeRewriteConfig) -> bool:
+    return c.attention == "bmm"
+
+
+def _fold(c: EdgeRewriteConfig) -> bool:
+    return c.fold_norms
+
+
+def _linear_norm(c: EdgeRewriteConfig) -> bool:
+    return c.layer_norm == "linear"
+
+
+def _pooling(c: EdgeRewriteConfig) -> bool:
+    return c.pooling
+
+
+def _rows(c: EdgeRewriteConfig) -> bool:
+    return c.linear_2d
+
+
+# transformers' ViT-family self-attention: the same q/k/v/o projections and attention-interface
+# forward as ViTAttention in the installed 5.x (tests/test_rewrites_any_vit.py checks the sources).
+HF_VIT_ATTENTION = (
+    "transformers.models.vit.modeling_vit:ViTAttention",
+    "transformers.models.deit.modeling_deit:DeiTAttention",
+    "transformers.models.dinov2.modeling_dinov2:Dinov2Attention",
+    "transformers.models.dinov2_with_registers.modeling_dinov2_with_registers:Dinov2WithRegistersAttention",
+    "transformers.models.vit_mae.modeling_vit_mae:ViTMAEAttention",
+    "transformers.models.vit_msn.modeling_vit_msn:ViTMSNAttention",
+    "transformers.models.ijepa.modeling_ijepa:IJepaAttention",
+)
+
+# Order matters: whole blocks first (they take their attention along), normalisation last (it
+# also reaches the norms the new blocks hold).
+def _rules() -> tuple[_Rule, ...]:
+    """The rules in the order they run (a function: the edge forms are defined further down)."""
+    return (
+        _Rule("swin_block", ("timm.models.swin_transformer:SwinTransformerBlock",), EdgeSwinBlock,
+              _windows, True),
+        _Rule("patch_merging", ("timm.models.swin_transformer:PatchMerging",), EdgePatchMerging, _windows),
+        _Rule("hf_swin_layer", ("transformers.models.swin.modeling_swin:SwinLayer",), EdgeHfSwinLayer,
+              _windows, True),
+        _Rule("hf_swinv2_layer", ("transformers.models.swinv2.modeling_swinv2:Swinv2Layer",),
+              EdgeHfSwinV2Layer, _windows, True),
+        _Rule("hf_swin_patch_merging", ("transformers.models.swin.modeling_swin:SwinPatchMerging",),
+              functools.partial(EdgeHfPatchMerging, norm_first=True), _windows),
+        _Rule("hf_swinv2_patch_merging", ("transformers.models.swinv2.modeling_swinv2:Swinv2PatchMerging",),
+              functools.partial(EdgeHfPatchMerging, norm_first=False), _windows),
+        _Rule("attention", ("timm.layers.attention:Attention",), BmmAttention, _bmm, True),
+        _Rule("edgevit_full_attention", ("edgevit.models.attention:FullAttention",), BmmTokenAttention,
+              _bmm, True),
+        _Rule("fastvit_attention", ("timm.models.fastvit:Attention",), BmmMapAttention, _bmm, True),
+        _Rule("edgevit_window_attention", ("edgevit.models.attention:WindowAttention",),
+              BmmTokenWindowAttention, _bmm, True),
+        _Rule("lite_mla", ("timm.models.efficientvit_mit:LiteMLA",), BmmLiteMLA, _bmm, True),
+        _Rule("levit_attention", ("timm.models.levit:Attention",), BmmLevitAttention, _bmm, True),
+        _Rule("levit_attention_downsample", ("timm.models.levit:AttentionDownsample",),
+              BmmLevitAttentionDownsample, _bmm, True),
+        _Rule("efficientformerv2_attention", ("timm.models.efficientformer_v2:Attention2d",),
+              BmmAttention2d, _bmm, True),
+        _Rule("efficientformerv2_attention_downsample", ("timm.models.efficientformer_v2:Attention2dDownsample",),
+              BmmAttention2dDownsample, _bmm, True),
+        _Rule("hf_vit_attention", HF_VIT_ATTENTION, HfBmmAttention, _bmm, True),
+        _Rule("cait_class_attention", ("timm.models.cait:ClassAttn",), BmmClassAttention, _bmm, True),
+        _Rule("cait_talking_head_attention", ("timm.models.cait:TalkingHeadAttn",),
+              BmmTalkingHeadAttention, _bmm, True),
+        _Rule("xcit_cross_covariance_attention", ("timm.models.xcit:XCA",), BmmCrossCovarianceAttention,
+              _bmm, True),
+        _Rule("linear_norm", ("timm.models.levit:LinearNorm",), fold_linear_norm, _fold),
+        _Rule("subsample", ("timm.models.levit:Downsample",), EdgeSubsample, _fold),
+        _Rule("layer_norm", ("torch.nn:LayerNorm", "timm.layers.norm:LayerNorm"), LinearMeanLayerNorm,
+              _linear_norm),
+        _Rule("layer_norm_2d", ("timm.layers.norm:LayerNorm2d",), ConvMeanLayerNorm2d, _linear_norm),
+        _Rule("avg_pool", ("timm.layers.adaptive_avgmax_pool:FastAdaptiveAvgPool",), KeepDimsAvgPool,
+              _pooling),
+        _Rule("avg_pool_1d", ("torch.nn:AdaptiveAvgPool1d",), KeepDimsAvgPool1d, _pooling),
+        _Rule("linear_2d", ("torch.nn:Linear",), RowsLinear, _rows),
+    )
+
+
 def edge_rewrite(model: nn.Module, config: EdgeRewriteConfig | None = None) -> RewriteReport:
     """Rewrite ``model`` in place into its edge form (see the section comment above).
 
-    Modules are matched by exact type; a matched module that cannot be rewritten exactly (e.g. a
-    Swin block whose input is not a whole number of windows) is kept and listed in the report's
-    ``skipped``. The model should be in eval mode (folding uses BatchNorm running statistics).
+    Modules are matched by exact type (timm's, transformers' and edgevit's classes, wherever they
+    sit in the model); a matched module that cannot be rewritten exactly (e.g. a Swin block whose
+    input is not a whole number of windows) is kept and listed in the report's ``skipped``.
+    Attention-like modules of a class no rule knows are listed in ``unrecognised``. The model
+    should be in eval mode (folding uses BatchNorm running statistics).
     """
     config = config or EdgeRewriteConfig()
     report = RewriteReport()
     if model.training:
         raise ConfigError("edge rewrites fold inference-time constants; call model.eval() first")
-    # Order matters: whole blocks first (they take their attention along), normalisation last
-    # (it also reaches the norms the new blocks hold).
-    if config.windows:
-        _apply_rule(model, _classes("timm.models.swin_transformer:SwinTransformerBlock"), EdgeSwinBlock,
-                    "swin_block", report)
-        _apply_rule(model, _classes("timm.models.swin_transformer:PatchMerging"), EdgePatchMerging,
-                    "patch_merging", report)
-    if config.attention == "bmm":
-        _apply_rule(model, _classes("timm.layers.attention:Attention"), BmmAttention, "attention", report)
-        _apply_rule(model, _classes("edgevit.models.attention:FullAttention"), BmmTokenAttention,
-                    "edgevit_full_attention", report)
-        _apply_rule(model, _classes("timm.models.fastvit:Attention"), BmmMapAttention, "fastvit_attention", report)
-        _apply_rule(model, _classes("edgevit.models.attention:WindowAttention"), BmmTokenWindowAttention,
-                    "edgevit_window_attention", report)
-        _apply_rule(model, _classes("timm.models.efficientvit_mit:LiteMLA"), BmmLiteMLA, "lite_mla", report)
-        _apply_rule(model, _classes("timm.models.levit:Attention"), BmmLevitAttention, "levit_attention", report)
-        _apply_rule(model, _classes("timm.models.levit:AttentionDownsample"), BmmLevitAttentionDownsample,
-                    "levit_attention_downsample", report)
-        _apply_rule(model, _classes("timm.models.efficientformer_v2:Attention2d"), BmmAttention2d,
-                    "efficientformerv2_attention", report)
-        _apply_rule(model, _classes("timm.models.efficientformer_v2:Attention2dDownsample"),
-                    BmmAttention2dDownsample, "efficientformerv2_attention_downsample", report)
-    if config.fold_norms:
-        _apply_rule(model, _classes("timm.models.levit:LinearNorm"), fold_linear_norm, "linear_norm", report)
-        _apply_rule(model, _classes("timm.models.levit:Downsample"), EdgeSubsample, "subsample", report)
-    if config.layer_norm == "linear":
-        _apply_rule(model, (nn.LayerNorm, *_classes("timm.layers.norm:LayerNorm")), LinearMeanLayerNorm,
-                    "layer_norm", report)
-        _apply_rule(model, _classes("timm.layers.norm:LayerNorm2d"), ConvMeanLayerNorm2d, "layer_norm_2d",
-                    report)
-    if config.pooling:
-        _apply_rule(model, _classes("timm.layers.adaptive_avgmax_pool:FastAdaptiveAvgPool"), KeepDimsAvgPool,
-                    "avg_pool", report)
-    if config.linear_2d:
-        _apply_rule(model, (nn.Linear,), RowsLinear, "linear_2d", report)
+    for rule in _rules():
+        if rule.enabled(config):
+            _apply_rule(model, _classes(*rule.classes), rule.build, rule.label, report)
+    report.unrecognised = unrecognised_attention(model)
     return report
+
+
+# ------------------------------------------------------------------------------------------------
+# Attention no rule recognises
+
+_ATTENTION_NAME = re.compile(r"att(n|ention)", re.IGNORECASE)
+# Child names by which a module holds the projections of an attention.
+_PROJECTIONS = (
+    {"qkv"}, {"to_qkv"}, {"qk", "v"}, {"q", "kv"}, {"q", "k", "v"}, {"query", "key", "value"},
+    {"q_proj", "k_proj", "v_proj"}, {"wq", "wk", "wv"},
+)
+
+
+def _holds_projections(module: nn.Module) -> bool:
+    names = {name for name, child in module._modules.items() if child is not None}
+    return any(p <= names for p in _PROJECTIONS)
+
+
+def unrecognised_attention(model: nn.Module, recognised: tuple[type, ...] | None = None) -> dict[str, str]:
+    """Attention-like modules of ``model`` that are neither of a ``recognised`` class (by default
+    those the attention and window rules take, enabled or not) nor edge forms of attention.
+
+    Attention-like: the class name says attention/attn, or the module holds query/key/value
+    projections (``qkv``, ``q``+``kv``, ``query``/``key``/``value``, ...). The outermost such
+    module is listed, except that a module named like attention which only wraps the one that
+    holds the projections (a block, or an attention + output pair) gives way to it, and one that
+    holds a recognised or rewritten attention is looked into. Returns path -> class name.
+    """
+
+    if recognised is None:
+        recognised = tuple(k for rule in _rules() if rule.attention for k in _classes(*rule.classes))
+
+    def known(m: nn.Module) -> bool:
+        return isinstance(m, _ATTENTION_FORMS) or type(m) in recognised
+
+    found: dict[str, str] = {}
+
+    def visit(module: nn.Module, path: str) -> None:
+        if known(module):
+            return
+        holds = _holds_projections(module)
+        if path and (holds or _ATTENTION_NAME.search(type(module).__name__)):
+            inner = [m for m in module.modules() if m is not module]
+            if not any(known(m) for m in inner) and (holds or not any(_holds_projections(m) for m in inner)):
+                found[path] = type(module).__name__
+                return
+        for name, child in module._modules.items():
+            if child is not None:
+                visit(child, f"{path}.{name}" if path else name)
+
+    visit(model, "")
+    return found
 
 
 # ------------------------------------------------------------------------------------------------
@@ -882,6 +1030,20 @@ class KeepDimsAvgPool(nn.Module):
         return x.flatten(1) if self.flatten else (x.permute(0, 2, 3, 1) if self.channels_last else x)
 
 
+class KeepDimsAvgPool1d(nn.Module):
+    """``nn.AdaptiveAvgPool1d(1)`` over (B, C, L) (transformers' Swin pooler) as the rank-4
+    keep-dims mean over (2, 3) that XNNPACK runs, instead of unsqueeze + 2-D pool + squeeze."""
+
+    def __init__(self, src: nn.AdaptiveAvgPool1d) -> None:
+        super().__init__()
+        size = src.output_size
+        if (size[0] if isinstance(size, (tuple, list)) else size) != 1:
+            raise _Skip(f"pools to {size}, not 1")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, L) or unbatched (C, L)
+        return x.reshape(-1, 1, x.shape[-1], 1).mean((2, 3), keepdim=True).reshape(*x.shape[:-1], 1)
+
+
 class RowsLinear(nn.Module):
     """A linear layer applied to its input flattened to (rows, features) and reshaped back."""
 
@@ -911,6 +1073,345 @@ class RowsLinear(nn.Module):
     @property
     def out_features(self) -> int:
         return self.linear.out_features
+
+
+# ------------------------------------------------------------------------------------------------
+# CaiT / XCiT attention (timm.models.cait, timm.models.xcit)
+
+
+def _conv1x1_from(linear: nn.Linear) -> nn.Conv2d:
+    """A linear layer over the channels of an NCHW map as a 1x1 convolution with its weights."""
+    conv = nn.Conv2d(linear.in_features, linear.out_features, 1, bias=linear.bias is not None)
+    with torch.no_grad():
+        conv.weight.copy_(linear.weight.detach()[:, :, None, None])
+        if linear.bias is not None:
+            conv.bias.copy_(linear.bias.detach())
+    conv.requires_grad_(False)
+    return conv
+
+
+class BmmClassAttention(nn.Module):
+    """CaiT's ``ClassAttn`` (also XCiT's class-attention layers): the class token attends to all
+    tokens; rank-3 per-head matmuls, the scale folded into the query weights."""
+
+    def __init__(self, src: nn.Module) -> None:
+        super().__init__()
+        self.num_heads = src.num_heads
+        q = src.q
+        self.q = _linear_from(q.weight.detach() * src.scale, None if q.bias is None else q.bias.detach() * src.scale)
+        self.k, self.v, self.proj = src.k, src.v, src.proj
+        self.attn_drop, self.proj_drop = src.attn_drop, src.proj_drop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = _split_heads(self.q(x[:, :1]), self.num_heads)  # (B * h, 1, d)
+        k = _split_heads(self.k(x), self.num_heads, transpose=True)
+        v = _split_heads(self.v(x), self.num_heads)
+        attn = self.attn_drop(torch.bmm(q, k).softmax(dim=-1))
+        return self.proj_drop(self.proj(_merge_heads(torch.bmm(attn, v), self.num_heads)))
+
+
+class BmmTalkingHeadAttention(nn.Module):
+    """CaiT's ``TalkingHeadAttn``: per-head matmuls; the two head-mixing linear layers (before and
+    after the softmax) as 1x1 convolutions over the (B, heads, N, N) scores."""
+
+    def __init__(self, src: nn.Module) -> None:
+        super().__init__()
+        self.num_heads = src.num_heads
+        self.q, self.k, self.v = _qkv_split(src.qkv, src.scale)
+        self.talk_before, self.talk_after = _conv1x1_from(src.proj_l), _conv1x1_from(src.proj_w)
+        self.proj, self.attn_drop, self.proj_drop = src.proj, src.attn_drop, src.proj_drop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        h = self.num_heads
+        q = _split_heads(self.q(x), h)
+        k = _split_heads(self.k(x), h, transpose=True)
+        v = _split_heads(self.v(x), h)
+        scores = self.talk_before(torch.bmm(q, k).reshape(b, h, n, n))
+        attn = self.attn_drop(self.talk_after(scores.softmax(dim=-1)))
+        return self.proj_drop(self.proj(_merge_heads(torch.bmm(attn.reshape(b * h, n, n), v), h)))
+
+
+def _inverse_norm(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """1 / max(|row|, eps) for the rows of (G, R, N), as (G, R, 1): ``F.normalize``'s divisor. The
+    sum of squares is N x the rank-4 keep-dims mean XNNPACK runs (its partitioner takes no sum)."""
+    g, r, n = x.shape
+    squares = (x * x).reshape(g * r, 1, n, 1).mean((2, 3), keepdim=True).reshape(g, r, 1) * n
+    return torch.rsqrt(torch.clamp_min(squares, eps * eps))
+
+
+class BmmCrossCovarianceAttention(nn.Module):
+    """XCiT's ``XCA``: softmax(temperature * q^ k^T) over (d x d) channel covariances per head,
+    q and k L2-normalised over the tokens; rank-3 matmuls on (B * h, d, N) slices, the key's
+    normalisation applied to the columns of q^ k instead of to k."""
+
+    def __init__(self, src: nn.Module) -> None:
+        super().__init__()
+        self.num_heads = src.num_heads
+        self.q, self.k, self.v = _qkv_split(src.qkv, 1.0)
+        self.temperature = src.temperature  # (h, 1, 1), a learnt parameter
+        self.proj, self.attn_drop, self.proj_drop = src.proj, src.attn_drop, src.proj_drop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        h, d = self.num_heads, c // self.num_heads
+        q_t = _split_heads(self.q(x), h, transpose=True)  # (B * h, d, N)
+        k_tokens = self.k(x)
+        k_norm = _inverse_norm(_split_heads(k_tokens, h, transpose=True)).reshape(b * h, 1, d)
+        scores = torch.bmm(q_t * _inverse_norm(q_t), _split_heads(k_tokens, h)) * k_norm  # (B * h, d, d)
+        attn = self.attn_drop((scores.reshape(b, h, d, d) * self.temperature).softmax(dim=-1))
+        out = torch.bmm(attn.reshape(b * h, d, d), _split_heads(self.v(x), h, transpose=True))  # (B * h, d, N)
+        return self.proj_drop(self.proj(out.reshape(b, c, n).transpose(1, 2)))  # channels (head, d) as timm
+
+
+# ------------------------------------------------------------------------------------------------
+# Hugging Face transformers: ViT-family self-attention, Swin / SwinV2 layers and patch merging
+
+
+class HfBmmAttention(nn.Module):
+    """transformers' ViT / DeiT / DINOv2 ... self-attention (``q_proj``/``k_proj``/``v_proj``/
+    ``o_proj`` with an eager or SDPA attention interface) as rank-3 per-head matmuls.
+
+    Same call signature and return structure, ``(output, attention weights)``; the weights are
+    ``None`` (as with SDPA), so ``output_attentions`` records nothing for rewritten layers. An
+    attention mask is honoured: a float mask is added to the scores, a boolean one keeps True.
+    """
+
+    def __init__(self, src: nn.Module) -> None:
+        super().__init__()
+        if not all(isinstance(getattr(src, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
+            raise _Skip("expected q_proj/k_proj/v_proj/o_proj linear layers")
+        if getattr(src, "is_causal", False):
+            raise _Skip("causal attention is not rewritten")
+        self.num_heads = src.num_attention_heads
+        s, q = src.scaling, src.q_proj
+        self.q = _linear_from(q.weight.detach() * s, None if q.bias is None else q.bias.detach() * s)
+        self.k, self.v, self.proj = src.k_proj, src.v_proj, src.o_proj
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                **kwargs) -> tuple[torch.Tensor, None]:
+        h = self.num_heads
+        q = _split_heads(self.q(hidden_states), h)
+        k = _split_heads(self.k(hidden_states), h, transpose=True)
+        v = _split_heads(self.v(hidden_states), h)
+        scores = torch.bmm(q, k)
+        if attention_mask is not None:
+            bh, nq, nk = scores.shape
+            scores4 = scores.reshape(bh // h, h, nq, nk)
+            if attention_mask.dtype == torch.bool:
+                scores4 = scores4.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            else:
+                scores4 = scores4 + attention_mask
+            scores = scores4.reshape(bh, nq, nk)
+        out = _merge_heads(torch.bmm(scores.softmax(dim=-1), v), h)
+        return self.proj(out), None
+
+
+def _hf_shift_mask(hp: int, wp: int, window: int, shift: int) -> torch.Tensor:
+    """transformers' Swin shifted-window mask for a padded (hp, wp) map: (windows, N, N) with
+    -100 between tokens of different cyclic-shift regions, 0 within one."""
+    def regions(size: int) -> torch.Tensor:
+        i = torch.arange(size)
+        return (i >= size - window).long() + (i >= size - shift).long()
+
+    ids = (regions(hp)[:, None] * 3 + regions(wp)[None, :]).to(torch.float32)
+    ids = window_partition_rank4(ids[None, :, :, None], window, window)[..., 0]  # (windows, N)
+    return torch.where(ids[:, None, :] != ids[:, :, None], -100.0, 0.0)
+
+
+class _HfWindowLayer(nn.Module):
+    """Shared windowing of transformers' Swin / SwinV2 layers: zero padding to whole windows, the
+    cyclic shift as slices + concatenation, windows at rank 4, and the constant per-window score
+    bias (relative positions + shift mask) as one (windows * heads, N, N) tensor.
+
+    The bias is precomputed for the layer's built resolution; another resolution (odd feature
+    maps, where transformers' ``input_resolution`` rounds down) gets its own, computed once.
+    """
+
+    num_heads: int
+    window: int
+    shift: int
+
+    def _init_bias(self, rel_bias: torch.Tensor, mask_scale: float, resolution: tuple[int, int],
+                   always_partition: bool) -> None:
+        rel_bias = rel_bias.detach().clone(memory_format=torch.contiguous_format)
+        self.register_buffer("rel_bias", rel_bias, persistent=False)  # (h, N, N)
+        self.mask_scale = mask_scale
+        self._other_biases: dict[tuple, torch.Tensor] = {}
+        self.built_geometry = None
+        try:
+            geometry = self._geometry(*resolution, always_partition)
+        except ConfigError:
+            self.register_buffer("bias", None, persistent=False)
+        else:
+            self.built_geometry = geometry
+            self.register_buffer("bias", self._make_bias(*geometry), persistent=False)
+
+    def _geometry(self, h: int, w: int, always_partition: bool = True) -> tuple[int, int, int, int]:
+        """(window, shift, padded height, padded width) for an h x w map."""
+        window, shift = self.window, self.shift
+        if not always_partition and min(h, w) <= window:  # transformers' set_shift_and_window_size
+            window, shift = min(h, w), 0
+        if window * window != self.rel_bias.shape[-1]:
+            raise ConfigError(f"a {h}x{w} map needs {window}x{window} windows, but the layer's relative-position "
+                              f"bias is for {self.rel_bias.shape[-1]} tokens")
+        return window, shift, -(-h // window) * window, -(-w // window) * window
+
+    def _make_bias(self, window: int, shift: int, hp: int, wp: int) -> torch.Tensor:
+        with torch.no_grad():
+            if not shift:
+                return self.rel_bias.clone()
+            mask = _hf_shift_mask(hp, wp, window, shift).to(self.rel_bias)
+            return (self.mask_scale * mask[:, None] + self.rel_bias[None]).flatten(0, 1).contiguous()
+
+    def _bias_for(self, geometry: tuple[int, int, int, int]) -> torch.Tensor:
+        if geometry == self.built_geometry:
+            return self.bias
+        key = (geometry, self.rel_bias.device, self.rel_bias.dtype)  # the cache is no buffer: .to() skips it
+        if key in self._other_biases:
+            return self._other_biases[key]
+        bias = self._make_bias(*geometry)
+        if not torch.compiler.is_compiling():  # never keep a traced tensor
+            self._other_biases[key] = bias
+        return bias
+
+    def _scores(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-head scores (B * nW * h, N, N) before the bias, values (B * nW * h, N, d))."""
+        raise NotImplementedError
+
+    def _windowed_attention(self, x: torch.Tensor, h: int, w: int, always_partition: bool = True) -> torch.Tensor:
+        """(B, h, w, C) normalised map -> attention output (B, h * w, C), before the residual."""
+        b, _, _, c = x.shape
+        geometry = self._geometry(h, w, always_partition)
+        window, shift, hp, wp = geometry
+        if (hp, wp) != (h, w):
+            x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))
+        if shift:
+            x = _roll2d(x, -shift, -shift)
+        scores, v = self._scores(window_partition_rank4(x, window, window))
+        attn = self.attn_drop(_softmax_with_bias(scores, self._bias_for(geometry), self.num_heads))
+        out = self.proj_drop(self.proj(_merge_heads(torch.bmm(attn, v), self.num_heads)))
+        out = window_reverse_rank4(out, window, window, hp, wp)
+        if shift:
+            out = _roll2d(out, shift, shift)
+        if (hp, wp) != (h, w):
+            out = out[:, :h, :w]
+        return out.reshape(b, h * w, c)
+
+
+class EdgeHfSwinLayer(_HfWindowLayer):
+    """transformers' ``SwinLayer`` (pre-norm; dot-product window attention with a learnt
+    relative-position table): same signature, ``(hidden_states, None)`` out."""
+
+    def __init__(self, src: nn.Module) -> None:
+        super().__init__()
+        attn = src.attention
+        self.num_heads, self.window, self.shift = attn.num_attention_heads, int(src.window_size), int(src.shift_size)
+        self.resolution = tuple(int(r) for r in src.input_resolution)
+        s, q = attn.scaling, attn.q_proj
+        self.q = _linear_from(q.weight.detach() * s, None if q.bias is None else q.bias.detach() * s)
+        self.k, self.v, self.proj = attn.k_proj, attn.v_proj, attn.o_proj
+        self.attn_drop, self.proj_drop = nn.Identity(), src.dropout
+        self.layernorm_before, self.layernorm_after, self.mlp = src.layernorm_before, src.layernorm_after, src.mlp
+        self.dropout, self.drop_path = src.dropout, src.drop_path
+        with torch.no_grad():
+            rel = attn.relative_position_bias()[0]
+        # Built for transformers' default call (always_partition=False: the window shrinks to a
+        # map no larger than it, without shift).
+        self._init_bias(rel, 1.0, self.resolution, always_partition=False)
+
+    def _scores(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q = _split_heads(self.q(windows), self.num_heads)
+        k = _split_heads(self.k(windows), self.num_heads, transpose=True)
+        return torch.bmm(q, k), _split_heads(self.v(windows), self.num_heads)
+
+    def forward(self, hidden_states: torch.Tensor, input_dimensions: tuple[int, int], always_partition: bool = False,
+                **kwargs) -> tuple[torch.Tensor, None]:
+        h, w = int(input_dimensions[0]), int(input_dimensions[1])
+        b, _, c = hidden_states.shape
+        x = self.layernorm_before(hidden_states).reshape(b, h, w, c)
+        x = hidden_states + self.drop_path(self._windowed_attention(x, h, w, always_partition))
+        return x + self.dropout(self.mlp(self.layernorm_after(x))), None
+
+
+class EdgeHfSwinV2Layer(_HfWindowLayer):
+    """transformers' ``Swinv2Layer`` (post-norm; cosine window attention with a per-head logit
+    scale and a continuous relative-position bias, precomputed here): same signature and outputs.
+
+    The cosine normalisation runs on tokens: per-head sums of squares and their expansion back to
+    channels are two small linear layers, the logit scale folded into the second. transformers
+    adds the shift mask twice (``-200`` between regions); so does this form, to stay equal.
+    """
+
+    def __init__(self, src: nn.Module) -> None:
+        super().__init__()
+        sa = src.attention.self
+        self.num_heads, self.window, self.shift = sa.num_attention_heads, int(src.window_size), int(src.shift_size)
+        self.resolution = tuple(int(r) for r in src.input_resolution)
+        self.q, self.k, self.v = sa.query, sa.key, sa.value
+        self.proj, self.proj_drop, self.attn_drop = src.attention.output.dense, src.attention.output.dropout, sa.dropout
+        self.layernorm_before, self.layernorm_after = src.layernorm_before, src.layernorm_after
+        self.intermediate, self.output, self.drop_path = src.intermediate, src.output, src.drop_path
+        h, c = self.num_heads, sa.all_head_size
+        head_of = torch.arange(c) // (c // h)
+        member = (head_of[None, :] == torch.arange(h)[:, None]).float()  # (h, C)
+        with torch.no_grad():
+            scale = torch.clamp(sa.logit_scale.detach(), max=math.log(1.0 / 0.01)).exp().reshape(h)
+            table = sa.continuous_position_bias_mlp(sa.relative_coords_table).view(-1, h)
+            n = sa.window_size[0] * sa.window_size[1]
+            rel = 16 * torch.sigmoid(table[sa.relative_position_index.view(-1)].view(n, n, h).permute(2, 0, 1))
+        self.register_buffer("head_sum", member, persistent=False)  # sums of squares per head
+        # contiguous: ExecuTorch's constant passes lose track of strided (transposed) buffers
+        self.register_buffer("q_expand", (member.t() * scale[None, :]).contiguous(), persistent=False)
+        self.register_buffer("k_expand", member.t().contiguous(), persistent=False)
+        self._init_bias(rel, 2.0, self.resolution, always_partition=True)  # SwinV2 fixes its window at init
+
+    def _cosine(self, x: torch.Tensor, expand: torch.Tensor) -> torch.Tensor:
+        inv = torch.rsqrt(torch.clamp_min(F.linear(x * x, self.head_sum), 1e-24))  # F.normalize's eps 1e-12
+        return x * F.linear(inv, expand)
+
+    def _scores(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q = _split_heads(self._cosine(self.q(windows), self.q_expand), self.num_heads)
+        k = _split_heads(self._cosine(self.k(windows), self.k_expand), self.num_heads, transpose=True)
+        return torch.bmm(q, k), _split_heads(self.v(windows), self.num_heads)
+
+    def forward(self, hidden_states: torch.Tensor, input_dimensions: tuple[int, int],
+                output_attentions: bool | None = False) -> tuple[torch.Tensor, ...]:
+        h, w = int(input_dimensions[0]), int(input_dimensions[1])
+        b, _, c = hidden_states.shape
+        attn = self._windowed_attention(hidden_states.reshape(b, h, w, c), h, w)
+        x = hidden_states + self.drop_path(self.layernorm_before(attn))
+        out = x + self.drop_path(self.layernorm_after(self.output(self.intermediate(x))))
+        return (out, None) if output_attentions else (out,)
+
+
+class EdgeHfPatchMerging(nn.Module):
+    """transformers' Swin / SwinV2 patch merging with a rank-5 space-to-depth instead of four
+    strided slices (same channel order); Swin normalises then reduces, SwinV2 the reverse."""
+
+    def __init__(self, src: nn.Module, norm_first: bool) -> None:
+        super().__init__()
+        self.norm, self.reduction, self.norm_first = src.norm, src.reduction, norm_first
+
+    def forward(self, input_feature: torch.Tensor, input_dimensions: tuple[int, int]) -> torch.Tensor:
+        h, w = int(input_dimensions[0]), int(input_dimensions[1])
+        b, _, c = input_feature.shape
+        x = input_feature.reshape(b, h, w, c)
+        if h % 2 or w % 2:
+            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+            h, w = h + h % 2, w + w % 2
+        # (B * H/2, row, W/2, col, C) -> (B * H/2, W/2, col, row, C): channels in transformers' order
+        x = x.reshape(b * h // 2, 2, w // 2, 2, c).permute(0, 2, 3, 1, 4).reshape(b, -1, 4 * c)
+        return self.reduction(self.norm(x)) if self.norm_first else self.norm(self.reduction(x))
+
+
+# The edge forms of attention: what a rewrite left is never reported as unrecognised.
+_ATTENTION_FORMS: tuple[type, ...] = (
+    BmmAttention, BmmTokenAttention, BmmMapAttention, WindowBmmAttention, EdgeSwinBlock, BmmTokenWindowAttention,
+    BmmLiteMLA, BmmLevitAttention, BmmLevitAttentionDownsample, BmmAttention2d, BmmAttention2dDownsample,
+    BmmClassAttention, BmmTalkingHeadAttention, BmmCrossCovarianceAttention, HfBmmAttention, EdgeHfSwinLayer,
+    EdgeHfSwinV2Layer,
+)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -9,6 +9,14 @@ What the artifact carries (written by :mod:`edgevit.converters.executorch`):
   :class:`ArtifactError` (the C++ loader can abort the process on some garbage input, and it cannot
   notice a flipped bit in the weights at all).
 
+The digest slot is found by position (:func:`pte_digest_slot`): the program flatbuffer is walked
+(root -> ``execution_plan`` -> the plan named ``edgevit_sha256`` -> its one output value -> the
+``String`` it holds), never by searching the file for the marker text, which a label may contain
+too. Every byte outside the 64 digest characters (the tables that lead to the slot included) is
+covered by the digest, so damage that moves the slot, renames the plan or edits a label is refused.
+This is the layout edgevit has always written, so programs exported before the slot was located
+this way verify unchanged.
+
 Dependency note: ExecuTorch's Python bindings (``executorch.extension.pybindings._C``, which
 ``executorch.runtime`` wraps) link against libtorch and accept only ``torch.Tensor`` inputs
 (a numpy array is rejected: "Unsupported python type numpy.ndarray"). So running a ``.pte`` from
@@ -28,6 +36,7 @@ to the pool): a request for a different size while another artifact is loaded ra
 from __future__ import annotations
 
 import os
+import struct
 import threading
 import weakref
 from pathlib import Path
@@ -38,7 +47,7 @@ import numpy as np
 from edgevit.errors import ArtifactError, ConfigError, MissingDependencyError
 from edgevit.metadata import METADATA_KEY, ArtifactMetadata
 from edgevit.runtimes.base import Runtime, check_class_scores, register_runtime
-from edgevit.runtimes.integrity import DIGEST_PREFIX, check_digest, digest_at
+from edgevit.runtimes.integrity import DIGEST_HEX, DIGEST_PREFIX, check_digest_at, digest_at
 
 __all__ = [
     "DIGEST_METHOD",
@@ -46,6 +55,7 @@ __all__ = [
     "ExecuTorchRuntime",
     "check_pte",
     "pte_digest",
+    "pte_digest_slot",
 ]
 
 DIGEST_METHOD = f"{METADATA_KEY}_sha256"
@@ -77,7 +87,129 @@ def check_pte(data: bytes, name: str = "model") -> None:
                 f"{name} is truncated or damaged: {len(data)} bytes, its header says {expected}; "
                 "copy the file again or re-export it"
             )
-    check_digest(data, name, "edgevit export --target executorch")
+    check_digest_at(data, pte_digest_slot(data, name), name)
+
+
+# ExecuTorch's program schema (executorch/schema/program.fbs; a table's vtable slot for field i is
+# at 4 + 2 * i; a union field takes two ids: its type byte, then the value).
+_PROGRAM_EXECUTION_PLAN = 1
+_PLAN_NAME, _PLAN_VALUES, _PLAN_OUTPUTS = 0, 2, 4
+_EVALUE_TYPE, _EVALUE_VAL = 0, 1
+_KERNEL_TYPE_STRING = 6  # KernelTypes: NONE, Null, Int, Bool, Double, Tensor, String, ...
+_STRING_VAL = 0
+_NO_DIGEST = (
+    "{name} has no edgevit integrity digest: it was not exported by edgevit, by an edgevit older than "
+    "the digest, or it is damaged; export it again with `edgevit export --target executorch`"
+)
+
+
+class _Damaged(Exception):
+    """The flatbuffer does not hold together (an offset out of range, a wrong type)."""
+
+
+class _Flat:
+    """Bounds-checked reads from a flatbuffer in ``data[:end]``: every offset the file states is
+    checked before it is followed, so a damaged or crafted program is refused, never misread."""
+
+    def __init__(self, data: bytes, end: int) -> None:
+        self.data, self.end = data, end
+
+    def read(self, fmt: str, at: int) -> int:
+        size = struct.calcsize(fmt)
+        if at < 0 or at + size > self.end:
+            raise _Damaged(f"offset {at} is outside the program")
+        return struct.unpack_from(fmt, self.data, at)[0]
+
+    def follow(self, at: int) -> int:
+        """The position a ``uoffset`` at ``at`` points to."""
+        return at + self.read("<I", at)
+
+    def field(self, table: int, index: int) -> int:
+        """Position of field ``index`` of the table at ``table``; 0 when absent."""
+        vtable = table - self.read("<i", table)
+        vt_size = self.read("<H", vtable)
+        if vt_size < 4 or vt_size % 2:
+            raise _Damaged("a table's vtable is damaged")
+        self.read("<H", vtable + vt_size - 2)  # the whole vtable lies in the program
+        slot = 4 + 2 * index
+        rel = self.read("<H", vtable + slot) if slot < vt_size else 0
+        return table + rel if rel else 0
+
+    def vector(self, at: int) -> tuple[int, int]:
+        """``(position of the first element, length)`` of the vector a uoffset at ``at`` points to."""
+        start = self.follow(at)
+        n = self.read("<I", start)
+        return start + 4, n
+
+    def span(self, at: int) -> tuple[int, int]:
+        """``(offset, length)`` of the string a uoffset at ``at`` points to, checked in range."""
+        start, n = self.vector(at)
+        if start + n > self.end:
+            raise _Damaged("a string runs past the program")
+        return start, n
+
+
+def pte_digest_slot(data, name: str = "model") -> int:
+    """Offset of the 64 hex digest characters of an ExecuTorch program, found by position.
+
+    Walks the program flatbuffer (root ``Program`` -> ``execution_plan`` -> the one plan named
+    ``edgevit_sha256`` -> its one output value -> a ``String`` of ``edgevit-sha256:`` + 64
+    characters) with every offset bounds-checked. Raises :class:`ArtifactError` for a program
+    without such a plan (not edgevit's, older than the digest), with two of them, or whose tables
+    do not hold together. Text elsewhere in the file (a label holding the marker) plays no part.
+    """
+    end = len(data)
+    if end >= 24 and data[8:12] == _EXTENDED_HEADER_MAGIC:
+        program_size = int.from_bytes(data[16:24], "little")
+        if 0 < program_size <= end:
+            end = program_size  # the flatbuffer; segments (weights, delegate blobs) follow it
+    fb = _Flat(data, end)
+    target = METADATA_KEY.encode("ascii") + b"_sha256"
+    found = []
+    try:
+        root = fb.follow(0)
+        plans_field = fb.field(root, _PROGRAM_EXECUTION_PLAN)
+        if not plans_field:
+            raise _Damaged("the program has no execution plans")
+        first, count = fb.vector(plans_field)
+        if first + 4 * count > end:
+            raise _Damaged("the execution plan list runs past the program")
+        for i in range(count):
+            plan = fb.follow(first + 4 * i)
+            name_field = fb.field(plan, _PLAN_NAME)
+            if not name_field:
+                continue
+            at, n = fb.span(name_field)
+            if bytes(data[at : at + n]) == target:
+                found.append(plan)
+        if not found:
+            raise ArtifactError(_NO_DIGEST.format(name=name))
+        if len(found) > 1:
+            raise ArtifactError(f"{name} is corrupt: it holds {len(found)} {DIGEST_METHOD!r} methods")
+        plan = found[0]
+        outputs_field, values_field = fb.field(plan, _PLAN_OUTPUTS), fb.field(plan, _PLAN_VALUES)
+        if not outputs_field or not values_field:
+            raise _Damaged(f"its {DIGEST_METHOD!r} method has no output value")
+        out_first, out_count = fb.vector(outputs_field)
+        if out_count != 1:
+            raise _Damaged(f"its {DIGEST_METHOD!r} method has {out_count} outputs, not 1")
+        index = fb.read("<i", out_first)
+        val_first, val_count = fb.vector(values_field)
+        if not 0 <= index < val_count:
+            raise _Damaged(f"its {DIGEST_METHOD!r} method returns value {index} of {val_count}")
+        evalue = fb.follow(val_first + 4 * index)
+        type_field, val_field = fb.field(evalue, _EVALUE_TYPE), fb.field(evalue, _EVALUE_VAL)
+        if not type_field or not val_field or fb.read("<B", type_field) != _KERNEL_TYPE_STRING:
+            raise _Damaged(f"its {DIGEST_METHOD!r} method does not return a string")
+        string_field = fb.field(fb.follow(val_field), _STRING_VAL)
+        if not string_field:
+            raise _Damaged(f"its {DIGEST_METHOD!r} method returns no text")
+        at, n = fb.span(string_field)
+    except _Damaged as exc:
+        raise ArtifactError(f"{name} is corrupt: its integrity digest cannot be located ({exc})") from None
+    if n != len(DIGEST_PREFIX) + DIGEST_HEX:
+        raise ArtifactError(f"{name} is corrupt: its integrity digest entry is damaged ({n} bytes)")
+    return at + len(DIGEST_PREFIX)
 
 
 # What pybind11 turns C++ exceptions into: std::bad_alloc -> MemoryError; invalid_argument,

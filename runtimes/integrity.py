@@ -5,13 +5,15 @@ ExecuTorch constant method, a TFLite metadata entry) and :func:`seal` / :func:`s
 the zeros with the SHA-256 of the whole file as it is with the zeros in place. Same length, so
 nothing in the flatbuffer moves.
 
-Where the format can be parsed cheaply (TFLite: the metadata entry's buffer), the slot is found by
-position (:func:`check_digest_at`, :func:`seal_at`), so a label or any other content that happens
-to contain the marker text is just content. :func:`find_digest` (searching for the marker, which
-must then occur once) remains for ExecuTorch programs. The runtime calls :func:`check_digest` in plain Python *before* the bytes reach
-the C++ loader: the native loaders trust their input (a damaged flatbuffer can crash the process,
-and a flipped bit in the weights is not noticed at all), so a truncated, damaged or edited file is
-reported as :class:`ArtifactError` instead.
+Each format's parser finds the slot by position (TFLite: the ``edgevit_sha256`` metadata entry's
+buffer; ExecuTorch: the string that the ``edgevit_sha256`` method returns), and
+:func:`check_digest_at` / :func:`seal_at` work on that offset, so a label or any other content that
+happens to contain the marker text is just content. :func:`find_digest`, :func:`check_digest` and
+:func:`seal` (searching for the marker, which must then occur once) are kept for callers that have
+no parser; edgevit's runtimes and converters no longer use them. The runtimes check the digest in
+plain Python *before* the bytes reach the C++ loader: the native loaders trust their input (a
+damaged flatbuffer can crash the process, and a flipped bit in the weights is not noticed at all),
+so a truncated, damaged or edited file is reported as :class:`ArtifactError` instead.
 
 This is integrity, not authenticity: anyone can re-seal an edited file. Load artifacts you trust.
 """
