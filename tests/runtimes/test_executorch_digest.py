@@ -160,14 +160,14 @@ def test_output_that_is_not_a_vector_of_class_scores_is_refused_at_load(art, tmp
     """A program the converter lowers, whose output is (1, 3, 1): not one score per label."""
     import torch
 
-    from edgevit.converters.executorch import _lower
+    from edgevit.converters.executorch import lower
 
     class NotScores(torch.nn.Module):
         def forward(self, x):
             return x.mean((2, 3)).reshape(1, 3, 1)
 
     meta = load(art.path).metadata.replace(labels=["a", "b", "c"])
-    data, _ = _lower(NotScores().eval(), torch.zeros(1, 3, 32, 32), meta)
+    data, _ = lower(NotScores().eval(), torch.zeros(1, 3, 32, 32), meta)
     check_pte(data, "not-scores.pte")
     with pytest.raises(ArtifactError, match=r"output has shape \(1, 3, 1\), not a vector of class scores"):
         load(_write(tmp_path, "not-scores.pte", data))
