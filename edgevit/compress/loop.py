@@ -526,6 +526,8 @@ def fit(
         warmup_steps = min(total_steps // 5, round(config.warmup_epochs * steps_per_epoch))
         groups = hooks.params if hooks.params is not None else param_groups(model, config.weight_decay)
         opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
+        # Clipped in the model's parameter order (the norm's float sum depends on the order).
+        clipped = list(model.parameters()) if hooks.params is None else [p for g in groups for p in g["params"]]
         first_epoch, step = 0, 0
         if resume_state is not None:
             state, tensors = resume_state
@@ -576,7 +578,7 @@ def fit(
                         )
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
-                    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 5.0)
+                    torch.nn.utils.clip_grad_norm_(clipped, 5.0)
                     opt.step()
                     step += 1
                     if hooks.on_step is not None:
