@@ -217,6 +217,9 @@ class EdgeRewriteConfig:
     into the preceding linear layer (LeViT).
     ``linear_2d``: linear layers applied to tokens flattened to (rows, features), which ONNX
     Runtime runs as one Gemm with its bias (a rank-3 MatMul keeps a separate Add).
+    ``static_pos_embed``: a timm ViT built with ``dynamic_img_size`` resamples its position
+    embedding in every forward when exported (a bicubic antialiased interpolate no converter lowers,
+    the identity at the native size); at its native grid it is switched to the static path.
     """
 
     attention: str = "bmm"
@@ -225,6 +228,7 @@ class EdgeRewriteConfig:
     pooling: bool = True
     fold_norms: bool = True
     linear_2d: bool = False
+    static_pos_embed: bool = True
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_FORMS:
@@ -234,7 +238,8 @@ class EdgeRewriteConfig:
 
     @classmethod
     def off(cls) -> "EdgeRewriteConfig":
-        return cls(attention="keep", layer_norm="keep", windows=False, pooling=False, fold_norms=False, linear_2d=False)
+        return cls(attention="keep", layer_norm="keep", windows=False, pooling=False, fold_norms=False, linear_2d=False,
+                   static_pos_embed=False)
 
 
 @dataclasses.dataclass
@@ -429,11 +434,45 @@ def edge_rewrite(model: nn.Module, config: EdgeRewriteConfig | None = None) -> R
     report = RewriteReport()
     if model.training:
         raise ConfigError("edge rewrites fold inference-time constants; call model.eval() first")
+    if config.static_pos_embed:
+        _static_pos_embed(model, report)
     for rule in _rules():
         if rule.enabled(config):
             _apply_rule(model, _classes(*rule.classes), rule.build, rule.label, report)
     report.unrecognised = unrecognised_attention(model)
     return report
+
+
+def _static_pos_embed(model: nn.Module, report: RewriteReport) -> None:
+    """Switch timm ViTs built with ``dynamic_img_size`` to the static position-embedding path.
+
+    Eager timm skips the resample when the grid is the native one; under export it always
+    resamples (bicubic, antialiased) to keep the graph size-generic. At the native grid that
+    resample is the identity, so the static path computes the same, without an op no converter
+    lowers (``aten._upsample_bicubic2d_aa``). Applied only where the position embedding has exactly
+    the native grid's tokens; the artifact's input size is that grid (a static-shape export).
+    """
+    kinds = _classes("timm.models.vision_transformer:VisionTransformer",
+                     "timm.models.deit:VisionTransformerDistilled")
+    if not kinds:
+        return
+    for name, module in model.named_modules():
+        if type(module) not in kinds or not getattr(module, "dynamic_img_size", False):
+            continue
+        embed = module.patch_embed
+        grid = tuple(getattr(embed, "grid_size", None) or ())
+        pos = getattr(module, "pos_embed", None)
+        prefix = 0 if module.no_embed_class else module.num_prefix_tokens
+        if pos is None or len(grid) != 2 or pos.shape[1] != grid[0] * grid[1] + prefix or embed.dynamic_img_pad:
+            report.skipped[name or "<model>"] = "static_pos_embed: position embedding does not match the native grid"
+            continue
+        from timm.layers import Format
+
+        module.dynamic_img_size = False
+        embed.flatten = True
+        embed.output_fmt = Format.NCHW
+        embed.strict_img_size = True  # a frame of another size is an error, not a silent mismatch
+        report.replaced["static_pos_embed"] += 1
 
 
 # ------------------------------------------------------------------------------------------------

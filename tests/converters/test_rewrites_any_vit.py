@@ -404,3 +404,28 @@ def test_multihead_attention_in_a_custom_module_is_reported():
     assert unrecognised_attention(vit, recognised=()) == {"blocks.0.attn": "Attention"}
     edge_rewrite(vit, ALL_ON)
     assert unrecognised_attention(vit, recognised=()) == {}  # edge forms are never reported
+
+
+def test_dynamic_img_size_vit_exports_without_a_position_resample():
+    """timm ViTs built with dynamic_img_size resample their position embedding under export (a
+    bicubic antialiased interpolate litert-torch cannot lower); at the native grid the static path
+    is the same math."""
+    import copy
+
+    import torch
+
+    from edgevit.converters.rewrites import edge_rewrite
+    from edgevit.models._timm import import_timm
+
+    model = import_timm().create_model("test_vit").eval()  # dynamic_img_size=True, 160 px
+    x = torch.randn(2, 3, 160, 160)
+    rewritten = copy.deepcopy(model)
+    report = edge_rewrite(rewritten)
+    assert report.replaced["static_pos_embed"] == 1
+    with torch.no_grad():
+        want, got = model(x), rewritten(x)
+    assert torch.allclose(got, want, atol=1e-5 * float(want.abs().max()) + 1e-6)
+    ops = {str(n.target) for n in torch.export.export(rewritten, (x,)).graph.nodes if n.op == "call_function"}
+    assert not [op for op in ops if "upsample" in op or "interpolate" in op], ops
+    plain = {str(n.target) for n in torch.export.export(model, (x,)).graph.nodes if n.op == "call_function"}
+    assert [op for op in plain if "upsample" in op], "the unrewritten model no longer resamples: test is moot"

@@ -163,7 +163,12 @@ def test_offline_pretrained_and_hub_sources_fail_fast(monkeypatch):
 # Exports of sources outside the catalog, verified on real photos
 
 
-def test_export_timm_checkpoint_with_labels_via_cli(tmp_path, five_class_checkpoint, photos):
+TARGETS = ("onnx", "tflite", "executorch")
+SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "executorch": ".pte"}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_export_timm_checkpoint_with_labels_via_cli(tmp_path, five_class_checkpoint, photos, target):
     labels = tmp_path / "classes.txt"
     labels.write_text("ant\nbee\ncat\ndog\neel\n")
     mine = tmp_path / "mine"
@@ -172,10 +177,10 @@ def test_export_timm_checkpoint_with_labels_via_cli(tmp_path, five_class_checkpo
         img.save(mine / f"photo{i}.png")
     out = tmp_path / "out"
     res = _cli("export", "timm:test_vit", "--weights", str(five_class_checkpoint), "--labels", str(labels),
-               "--target", "onnx", "--out", str(out), "--verify-images", str(mine), "--json")
+               "--target", target, "--out", str(out), "--verify-images", str(mine), "--json")
     assert res.returncode == 0, res.stderr[-2000:]
     doc = json.loads(res.stdout)
-    assert Path(doc["path"]).name == "test_vit_onnx_fp32.onnx"
+    assert Path(doc["path"]).name == f"test_vit_{target}_fp32{SUFFIX[target]}"
     assert doc["verification"]["passed"] and doc["verification"]["n_images"] == 3
     assert doc["verification"]["cosine_min"] >= FP32_COSINE
     assert doc["details"]["rewrites"]["replaced"], "edge rewrites should apply to a timm ViT"
@@ -185,15 +190,16 @@ def test_export_timm_checkpoint_with_labels_via_cli(tmp_path, five_class_checkpo
     assert sorted(t["label"] for t in top) == ["ant", "bee", "cat", "dog", "eel"]
 
 
-def test_export_nn_module_from_python(tmp_path, photos):
+@pytest.mark.parametrize("target", TARGETS)
+def test_export_nn_module_from_python(tmp_path, photos, target):
     from edgevit.converters import export
     from edgevit.runtimes import Classifier
 
     net = _timm().create_model("test_vit", num_classes=3).eval()
     with pytest.raises(ConfigError, match="has 3 outputs but 1000"):
-        export(net, target="onnx", out=tmp_path)
-    result = export(net, target="onnx", out=tmp_path, labels=["red", "green", "blue"], name="my_vit")
-    assert result.path.name == "my_vit_onnx_fp32.onnx" and result.verification.passed
+        export(net, target=target, out=tmp_path)
+    result = export(net, target=target, out=tmp_path, labels=["red", "green", "blue"], name="my_vit")
+    assert result.path.name == f"my_vit_{target}_fp32{SUFFIX[target]}" and result.verification.passed
     assert result.details["rewrites"]["replaced"]
     clf = Classifier.load(result.path)
     assert clf.labels == ("red", "green", "blue")
