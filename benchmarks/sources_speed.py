@@ -2,7 +2,7 @@
 
 Each source is exported twice per target: with edgevit's edge rewrites (the default) and as the
 plain conversion (``--option rewrite=false``), both verified on the bundled photos. The artifacts
-are then timed by :func:`edgevit.bench.bench` (each in a fresh process), all of them in one run,
+are then timed by :func:`edgevit.measure.bench.bench` (each in a fresh process), all of them in one run,
 repeated for ``--rounds`` rounds so that load changes hit every artifact alike; the table gives the
 median over rounds and the speed-up of the rewritten artifact over its plain twin (same target).
 
@@ -85,7 +85,7 @@ def main() -> int:
         print(json.dumps(exports, indent=1))
         return 0
 
-    from edgevit.bench import bench
+    from edgevit.measure.bench import bench
 
     paths = [e["path"] for e in exports.values()]
     medians: dict[str, list[float]] = {path: [] for path in paths}
