@@ -203,7 +203,10 @@ def export(
         raise ConfigError(f"output folder {final.parent} is not writable; choose another with --out")
 
     try:
-        with _CancelOnInterrupt(replacing=existing) as cancel:
+        from edgevit._quiet import stdout_to_stderr
+
+        # Converter chatter never lands on the caller's stdout (litert-torch prints its progress there).
+        with _CancelOnInterrupt(replacing=existing) as cancel, stdout_to_stderr():
             if isinstance(model, ResolvedModel):
                 resolved = model
             else:
@@ -375,7 +378,9 @@ class _CancelOnInterrupt:
         else:
             message = (f"{signal.Signals(signum).name} received: cancelling the export at the next step "
                        "(send it again to stop at once)...")
-        print(message, file=sys.stderr, flush=True)
+        from edgevit._quiet import say
+
+        say(message)  # reaches the terminal even while the CLI captures the converters' output
 
     def check(self) -> None:
         if self.requested:

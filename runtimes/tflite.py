@@ -173,11 +173,22 @@ class TFLiteRuntime(Runtime):
         self.integrity = "verified"
         at, size = spans[METADATA_KEY][-1]
         self.metadata = ArtifactMetadata.from_json(data[at : at + size])
+        # The interpreter logs "INFO: Created TensorFlow Lite XNNPACK delegate for CPU" from C++ on
+        # every load: captured (at the descriptor level, so only while no other thread may print)
+        # and shown only when loading fails.
+        import threading
+
+        from edgevit._quiet import capture_output
+
+        quiet = threading.active_count() == 1
         try:
-            self._interpreter = Interpreter(model_content=data, num_threads=threads)
-            self._interpreter.allocate_tensors()
+            with capture_output(enabled=quiet) as log:
+                self._interpreter = Interpreter(model_content=data, num_threads=threads)
+                self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError, MemoryError) as exc:  # MemoryError: std::bad_alloc
-            raise ArtifactError(f"{p.name} could not be loaded by {self.engine}: {exc}") from None
+            detail = log.tail(5) if quiet else ""
+            raise ArtifactError(f"{p.name} could not be loaded by {self.engine}: {exc}"
+                                + (f" (interpreter log: {detail})" if detail else "")) from None
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
         self._batch = int(self._input["shape"][0])

@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"edgevit {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the converters' and runtimes' own logs (captured by default)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in _commands():
         p = sub.add_parser(
@@ -68,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=_Formatter,
         )
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="show the converters' and runtimes' own logs")
         p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)

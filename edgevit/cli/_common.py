@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["MODEL_SOURCE_HELP", "add_class_arguments", "add_weights_arguments", "format_bytes", "parse_options", "print_export_result", "progress_enabled"]
+__all__ = ["MODEL_SOURCE_HELP", "add_class_arguments", "add_weights_arguments", "format_bytes", "parse_options",
+           "print_export_result", "progress_enabled", "quiet_converters"]
 
 
 def add_weights_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,6 +30,28 @@ def add_class_arguments(p: argparse.ArgumentParser) -> None:
                    help="class names, one a line (or a JSON list); their number must equal the model's outputs")
     p.add_argument("--num-classes", type=int, metavar="N",
                    help="build the classifier head with N outputs (default: from --labels or the checkpoint's head)")
+
+
+@contextlib.contextmanager
+def quiet_converters(args: argparse.Namespace) -> Iterator[Any]:
+    """Capture the converters' own output (Python and C++, at the descriptor level) unless
+    ``--verbose``; when the work fails with a conversion or verification error (or a bug), print
+    the last lines of that log before the error. Yields the :class:`~edgevit._quiet.Captured`."""
+    from edgevit._quiet import capture_output
+    from edgevit._text import safe_text
+    from edgevit.errors import ConversionError, EdgeVitError, VerificationError
+
+    log = None
+    try:
+        with capture_output(enabled=not getattr(args, "verbose", False)) as log:
+            yield log
+    except Exception as exc:
+        user_mistake = isinstance(exc, EdgeVitError) and not isinstance(exc, (ConversionError, VerificationError))
+        if log is not None and log.text.strip() and not user_mistake:
+            print("converter log, last lines (--verbose shows all of it):", file=sys.stderr)
+            for line in log.tail(25).splitlines():
+                print(f"  | {safe_text(line)}", file=sys.stderr)
+        raise
 
 
 def parse_options(items: list[str] | None) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 COMMAND = "export"
@@ -184,8 +185,11 @@ def run(args: argparse.Namespace) -> int:
 
         if args.db or os.environ.get(DB_ENV):
             check_database(args.db)  # a database the user named must work before the export starts
-    # Converter chatter goes to stderr; stdout carries only edgevit's own output.
-    with json_stdout_guard(True):
+    from edgevit.cli._common import quiet_converters
+
+    if not args.json and sys.stderr.isatty():
+        print(f"Exporting {args.model} to {args.target} {precision} and verifying it ...", file=sys.stderr, flush=True)
+    with json_stdout_guard(True), quiet_converters(args) as log:
         model = resolve_weights_model(args.model, args.weights)
         try:
             result = export(
@@ -208,6 +212,10 @@ def run(args: argparse.Namespace) -> int:
             if args.weights is None or "does not fit this model" not in str(exc):
                 raise
             raise ModelError(f"{exc}{not_fitting_hint(model, args.weights)}") from exc
+    if getattr(args, "debug", False) and log.text:
+        log_path = Path(f"{result.path}.log")
+        log_path.write_text(log.text)
+        result.details["converter_log"] = str(log_path)
     if not args.no_record:
         _record(result, args)
     if args.json:

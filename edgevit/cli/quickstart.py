@@ -63,10 +63,12 @@ def run(args: argparse.Namespace) -> int:
 
     conv = get_converter(args.target)
     path = Path(args.out) / default_artifact_name(model, args.target, "fp32", conv.suffix)
-    # Converter chatter goes to stderr; stdout carries only edgevit's own output.
-    with json_stdout_guard(True):
+    from edgevit.cli._common import quiet_converters
+
+    # Converter chatter is captured (shown on failure or with --verbose); stdout carries only edgevit's.
+    with json_stdout_guard(True), quiet_converters(args):
         if path.exists() and not args.force:
-            say(f"      {path} exists (pass --force to re-export); verifying it again instead")
+            note = f"      {path} exists (pass --force to re-export); verified it again instead"
             from edgevit.converters.verify import verify_runtime
             from edgevit.models import create_model
             from edgevit.runtimes import load
@@ -79,14 +81,16 @@ def run(args: argparse.Namespace) -> int:
             result = export(model, target=args.target, out=args.out, pretrained=True, force=args.force)
             report = result.verification
             result_info = result.to_dict()
-            say(f"      exported {path} ({format_bytes(result.bytes)}) in {result.seconds:.1f} s")
+            note = f"      exported {path} ({format_bytes(result.bytes)}) in {result.seconds:.1f} s"
+    say(note)  # printed after the captured block (inside it, it would be captured too)
     say(f"      parity with the float model: {report.summary()}")
 
     # Classify real images with the artifact through the torch-free runtime.
     from edgevit.runtimes import Classifier
     from edgevit.data.samples import FASHION_SAMPLES_DIR, natural_photos
 
-    clf = Classifier.load(path)
+    with quiet_converters(args):
+        clf = Classifier.load(path)
     if spec.labels == "fashion-mnist":
         images = [(f.name, str(f)) for f in sorted(FASHION_SAMPLES_DIR.glob("*.png"))]
     else:
