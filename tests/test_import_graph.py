@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE_DIRS = {"edgevit": "edgevit", "edgevit.models": "models", "edgevit.converters": "converters",
                 "edgevit.runtimes": "runtimes"}
 
-DEVICE_SAFE = ("edgevit", "edgevit.errors", "edgevit.metadata", "edgevit.preprocess", "edgevit._text", "edgevit._quiet",
-               "edgevit._version", "edgevit.runtimes")
+DEVICE_SAFE = ("edgevit", "edgevit.errors", "edgevit.metadata", "edgevit.preprocess", "edgevit._text",
+               "edgevit._quiet", "edgevit._version", "edgevit.runtimes")
 HOST_PACKAGES = {"torch", "torchvision", "timm", "torchao", "litert_torch", "transformers", "onnxscript", "safetensors"}
 HOST_MODULES = ("edgevit.converters", "edgevit.models", "edgevit.compress", "edgevit.measure", "edgevit.data",
                 "edgevit.cli", "edgevit._torchvision_compat")
