@@ -19,6 +19,8 @@ from edgevit.models._registry import (
 
 ensure_catalog()  # the shipped catalog modules register their entries (marked as built in)
 
+import edgevit.models.sources  # noqa: E402,F401  (timm:, hf: and folder sources for get_spec())
+
 from edgevit.models.catalog_edgevit import DEFAULT_MODEL  # noqa: E402
 
 __all__ = [

@@ -87,8 +87,6 @@ class ModelSpec:
     @property
     def slug(self) -> str:
         """``name`` made safe for file names (``timm:vit_small`` -> ``vit_small``)."""
-        from edgevit.models.sources import source_slug
-
         return source_slug(self.name)
 
     def label_names(self, num_classes: int | None = None) -> tuple[str, ...]:
@@ -188,6 +186,38 @@ def ensure_catalog() -> None:
         _LOADING_BUILTIN = False
 
 
+@dataclass(frozen=True)
+class SourceResolver:
+    """A kind of model source beyond the catalog (``timm:``, ``hf:``, folders): whether a name is
+    one, its spec, and a hint for a name that is not (see :mod:`edgevit.models.sources`)."""
+
+    is_source: Callable[[str], bool]
+    spec: Callable[[str], ModelSpec]
+    hint: Callable[[str], str]
+
+
+_RESOLVERS: list[SourceResolver] = []
+
+
+def register_source_resolver(resolver: SourceResolver) -> None:
+    """Let :func:`get_spec` (and so every command) take the names ``resolver`` knows."""
+    _RESOLVERS.append(resolver)
+
+
+def source_slug(name: str) -> str:
+    """A file-name-safe stem for a model source (``timm:vit_small.augreg`` -> ``vit_small.augreg``,
+    ``hf:facebook/deit-tiny`` -> ``deit-tiny``, ``/data/my-vit/`` -> ``my-vit``)."""
+    import re
+
+    if name.startswith("timm:"):
+        name = name[len("timm:"):]
+    elif name.startswith("hf:"):
+        name = name[len("hf:"):].rstrip("/").rsplit("/", 1)[-1]
+    elif "/" in name or os.sep in name:
+        name = Path(name).name or "model"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
+
+
 def get_spec(name: str) -> ModelSpec:
     """The spec of model source ``name``: a catalog entry, or ``timm:NAME``, ``hf:ORG/NAME`` or a
     ``save_pretrained`` folder (see :mod:`edgevit.models.sources`). Unknown names raise with the
@@ -195,13 +225,11 @@ def get_spec(name: str) -> ModelSpec:
     ensure_catalog()
     if name in _CATALOG:
         return _CATALOG[name]
-    from edgevit.models.sources import is_source, source_spec
-
-    if is_source(name):
-        return source_spec(name)
-    from edgevit.models.sources import timm_hint
-
-    raise UnknownModelError(name, _CATALOG, hint=timm_hint(name))
+    for resolver in _RESOLVERS:
+        if resolver.is_source(name):
+            return resolver.spec(name)
+    hint = next((h for h in (r.hint(name) for r in _RESOLVERS) if h), "")
+    raise UnknownModelError(name, _CATALOG, hint=hint)
 
 
 def list_models(pattern: str = "*", attention: str | None = None, target: str | None = None,

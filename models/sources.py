@@ -27,7 +27,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgevit.errors import ConfigError, ModelError, UnknownModelError
-from edgevit.models._registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from edgevit.models._registry import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelSpec,
+    SourceResolver,
+    create_model,
+    get_spec,
+    register_source_resolver,
+    source_slug,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -58,18 +67,6 @@ def _is_hf_folder(name: str) -> bool:
 def is_source(name: str) -> bool:
     """Whether ``name`` is a source other than a catalog name (``timm:``, ``hf:``, a folder)."""
     return name.startswith((TIMM_PREFIX, HF_PREFIX)) or _is_hf_folder(name)
-
-
-def source_slug(name: str) -> str:
-    """A file-name-safe stem for a source (``timm:vit_small.augreg`` -> ``vit_small.augreg``,
-    ``hf:facebook/deit-tiny`` -> ``deit-tiny``, ``/data/my-vit/`` -> ``my-vit``)."""
-    if name.startswith(TIMM_PREFIX):
-        name = name[len(TIMM_PREFIX):]
-    elif name.startswith(HF_PREFIX):
-        name = name[len(HF_PREFIX):].rstrip("/").rsplit("/", 1)[-1]
-    elif "/" in name or os.sep in name:
-        name = Path(name).name or "model"
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
 
 
 def timm_hint(name: str) -> str:
@@ -616,7 +613,6 @@ def load_model(
     mismatch between names and outputs raises :class:`ConfigError` naming both numbers and the fix.
     ``module_facts`` (``input_size``, ``mean``, ``std``, ``name``, ...) describe an ``nn.Module``.
     """
-    from edgevit.models._registry import create_model, get_spec
     from edgevit.models.weights import checkpoint_classes, load_weights
 
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
@@ -692,3 +688,6 @@ def load_model(
     if resolved.labels != resolved.spec.label_names():
         resolved.spec = replace(resolved.spec, labels=resolved.labels)
     return resolved
+
+
+register_source_resolver(SourceResolver(is_source=is_source, spec=source_spec, hint=timm_hint))

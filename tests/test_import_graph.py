@@ -31,11 +31,7 @@ DEVICE_EXCEPTIONS = {
 }
 # Circles known and not yet removed: frozenset of modules -> why. Empty is the goal; an entry that no
 # longer matches a circle fails the test, so the list cannot go stale.
-KNOWN_CIRCLES: dict[frozenset[str], str] = {
-    frozenset({"edgevit.models._registry", "edgevit.models.sources"}):
-        "get_spec() resolves timm:/hf: sources and sources.load_model() builds catalog entries through "
-        "create_model(); to be split when models/sources.py is reworked",
-}
+KNOWN_CIRCLES: dict[frozenset[str], str] = {}
 
 
 def _modules() -> dict[str, Path]:
