@@ -116,12 +116,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     # must be set before torch is imported (the user's own setting wins).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        _unknown_arguments(parser, args, extras)  # exits 2, naming the closest options
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
     try:
         return int(args._run(args) or 0)
+    except BrokenPipeError:
+        # `edgevit list | head`: the reader left; stop quietly, as command-line tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141  # 128 + SIGPIPE
     except EdgeVitError as exc:
         if args.debug:
             raise
@@ -137,6 +145,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         signum = getattr(signal, name, None) if name.startswith("SIG") else None
         print("Terminated." if signum else "Interrupted.", file=sys.stderr)
         return 128 + int(signum) if signum else 130
+
+
+def _unknown_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]) -> None:
+    """argparse's "unrecognized arguments", with the closest options of the command suggested."""
+    import difflib
+
+    sub = None
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps subparsers only here
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, "command", None):  # noqa: SLF001
+            sub = action.choices.get(args.command)
+    target = sub or parser
+    options = [o for a in target._actions for o in a.option_strings]  # noqa: SLF001
+    hints = []
+    for extra in extras:
+        if extra.startswith("-"):
+            close = difflib.get_close_matches(extra.split("=", 1)[0], options, n=1, cutoff=0.6)
+            if close:
+                hints.append(f"{extra} -> {close[0]}?")
+    message = f"unrecognized arguments: {' '.join(extras)}"
+    if hints:
+        message += f" (did you mean: {'; '.join(hints)})"
+    target.error(message)
 
 
 if __name__ == "__main__":  # pragma: no cover
