@@ -124,6 +124,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
+    except ModuleNotFoundError as exc:
+        extra = _EXTRA_OF.get((exc.name or "").split(".")[0])
+        if extra is None or args.debug:
+            raise
+        print(f"Error: `edgevit {args.command}` needs {exc.name.split('.')[0]}, which is not installed here (a device "
+              f"install has only the runtimes); install it with: pip install 'edgevit[{extra}]'", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # `edgevit list | head`: the reader left; stop quietly, as command-line tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -145,6 +152,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         signum = getattr(signal, name, None) if name.startswith("SIG") else None
         print("Terminated." if signum else "Interrupted.", file=sys.stderr)
         return 128 + int(signum) if signum else 130
+
+
+# A package a command needs -> the extra that installs it (a device install lacks the host side).
+_EXTRA_OF = {
+    **dict.fromkeys(("torch", "torchvision", "timm", "transformers", "safetensors", "litert_torch", "ai_edge_torch",
+                     "ai_edge_quantizer", "coremltools", "onnx", "onnxscript", "torchao", "skimage", "sklearn",
+                     "matplotlib", "tqdm", "huggingface_hub"), "export"),
+    "ai_edge_litert": "tflite",
+    "tflite_runtime": "tflite",
+    "onnxruntime": "onnx",
+    "executorch": "executorch",
+}
 
 
 def _unknown_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]) -> None:

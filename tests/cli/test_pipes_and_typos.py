@@ -23,3 +23,14 @@ def test_mistyped_option_suggests_the_closest():
                          text=True, timeout=120)
     assert res.returncode == 2
     assert "--targt" in res.stderr and "--target" in res.stderr, res.stderr
+
+
+def test_host_command_on_a_device_install_names_the_extra():
+    # A device install (edgevit[tflite]) has no torch: None in sys.modules makes `import torch` fail
+    # with ModuleNotFoundError exactly as it does there.
+    code = ("import sys; sys.modules['torch'] = None; from edgevit.cli import main; "
+            "sys.exit(main(['list']))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    assert "needs torch" in res.stderr and "pip install 'edgevit[export]'" in res.stderr, res.stderr
