@@ -25,7 +25,7 @@ EXAMPLES = [
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifacts", nargs="*", metavar="ARTIFACT", help="exported artifacts (.tflite, .onnx, .pte, ...)")
     p.add_argument("--torch", action="append", default=[], metavar="MODEL",
-                   help="also time this catalog model in torch eager (repeatable)")
+                   help="also time this model in torch eager (repeatable): a catalog name, timm:NAME, hf:ORG/NAME or a folder")
     p.add_argument("--torch-pretrained", action="store_true",
                    help="build the --torch models with their catalog weights (their top-1 then matches "
                         "artifacts exported with --pretrained; latency does not depend on it)")

@@ -7,7 +7,7 @@ import argparse
 COMMAND = "distill"
 HELP = "distil a teacher (catalog model + checkpoint) into a student: soft targets, temperature, alpha"
 DESCRIPTION = (
-    "Train a student catalog model from a teacher's soft targets and the labels: "
+    "Train a student model (any source) from a teacher's soft targets and the labels: "
     "L = alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y). "
     "The teacher is a catalog name with --teacher-weights FILE (or --teacher-pretrained), or a "
     "checkpoint written by `edgevit train`/`distill`/`prune` (its model name is read from the file). "

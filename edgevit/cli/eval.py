@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fashion-mnist, digits, a folder of IDX files or an image folder")
     p.add_argument("--split", choices=["test", "train"], default="test", help="which split (default test)")
     p.add_argument("--limit", type=int, metavar="N", help="evaluate the first N images only")
-    p.add_argument("--float", dest="float_model", metavar="MODEL", help="also evaluate this catalog model in torch")
+    p.add_argument("--float", dest="float_model", metavar="MODEL", help="also evaluate this model in torch (catalog name, timm:NAME, hf:ORG/NAME or a folder)")
     add_weights_arguments(p)
     p.add_argument("--threads", type=int, default=None, help="runtime threads (default: the runtime's)")
     p.add_argument("--db", metavar="FILE", help="results database (default: ~/.cache/edgevit/results.sqlite)")

@@ -1,4 +1,4 @@
-"""``edgevit export``: catalog model -> verified device artifact."""
+"""``edgevit export``: any model source (catalog, timm:, hf:, folder) -> verified device artifact."""
 
 from __future__ import annotations
 
