@@ -298,7 +298,7 @@ def _rewrite_warnings(rewrites: Mapping[str, Any] | None) -> list[str]:
     if not unknown:
         return []
     kinds = sorted(set(unknown.values()))
-    return [f"{len(unknown)} attention module(s) not recognised by the edge rewrites were exported as they are "
+    return [f"{len(unknown)} attention module(s) not recognised by the edge rewrites were exported with their own math "
             f"({', '.join(kinds[:4])}{', ...' if len(kinds) > 4 else ''}; e.g. {next(iter(unknown))})"]
 
 

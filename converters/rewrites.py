@@ -440,7 +440,20 @@ def edge_rewrite(model: nn.Module, config: EdgeRewriteConfig | None = None) -> R
         if rule.enabled(config):
             _apply_rule(model, _classes(*rule.classes), rule.build, rule.label, report)
     report.unrecognised = unrecognised_attention(model)
+    if config.attention == "bmm":
+        _unfuse_attention(model, report)
     return report
+
+
+def _unfuse_attention(model: nn.Module, report: RewriteReport) -> None:
+    """Attention that no rule rewrote but that carries timm's ``fused_attn`` switch runs its own
+    explicit reference path (q @ k^T, softmax, @ v: the same math) instead of
+    ``F.scaled_dot_product_attention``, which converters lower only for 4-D inputs (Twins, NesT and
+    Hiera call it on 5-D windows: the ONNX exporter fails there)."""
+    for module in model.modules():
+        if getattr(module, "fused_attn", None) is True:
+            module.fused_attn = False
+            report.replaced["unfused_attention"] += 1
 
 
 def _static_pos_embed(model: nn.Module, report: RewriteReport) -> None:

@@ -429,3 +429,27 @@ def test_dynamic_img_size_vit_exports_without_a_position_resample():
     assert not [op for op in ops if "upsample" in op or "interpolate" in op], ops
     plain = {str(n.target) for n in torch.export.export(model, (x,)).graph.nodes if n.op == "call_function"}
     assert [op for op in plain if "upsample" in op], "the unrewritten model no longer resamples: test is moot"
+
+
+def test_unrecognised_attention_with_a_fused_switch_runs_its_reference_math():
+    """Twins calls F.scaled_dot_product_attention on 5-D windows, which the ONNX exporter cannot
+    lower; its own explicit path is the same math and is what the artifact gets."""
+    import copy
+
+    import torch
+
+    from edgevit.converters.rewrites import edge_rewrite
+    from edgevit.models._timm import import_timm
+
+    model = import_timm().create_model("twins_svt_small", depths=(1, 1, 1, 1)).eval()
+    x = torch.randn(1, 3, 224, 224)
+    rewritten = copy.deepcopy(model)
+    report = edge_rewrite(rewritten)
+    assert report.replaced["unfused_attention"] == 4
+    assert not [m for m in rewritten.modules() if getattr(m, "fused_attn", False)]
+    assert "LocallyGroupedAttn" in set(report.unrecognised.values())  # still reported as unrecognised
+    with torch.no_grad():
+        want, got = model(x), rewritten(x)
+    assert torch.allclose(got, want, atol=1e-5 * float(want.abs().max()) + 1e-6)
+    ops = {str(n.target) for n in torch.export.export(rewritten, (x,)).graph.nodes if n.op == "call_function"}
+    assert not [op for op in ops if "scaled_dot_product" in op], ops
