@@ -696,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
             if arch not in [a for a, _ in archs_seen]:
                 archs_seen.append((arch, f"{fam:20s} {arch:36s} {n} M"))
         print("\n".join(line for _, line in archs_seen))
-        print(f"{len(archs_seen)} architectures x {len(targets)} targets = {len(plan)} cells")
+        print(f"{len(archs_seen)} architectures, {len(plan)} cells (targets: {' '.join(sorted({p[3] for p in plan}))})")
         for k, v in notes.items():
             print(f"note: {k}: {v}")
         return 0
