@@ -417,6 +417,8 @@ def _rules() -> tuple[_Rule, ...]:
         _Rule("avg_pool", ("timm.layers.adaptive_avgmax_pool:FastAdaptiveAvgPool",), KeepDimsAvgPool,
               _pooling),
         _Rule("avg_pool_1d", ("torch.nn:AdaptiveAvgPool1d",), KeepDimsAvgPool1d, _pooling),
+        _Rule("linear_self_attention", ("timm.models.mobilevit:LinearSelfAttention",), EdgeLinearSelfAttention,
+              _bmm, True),
         _Rule("linear_2d", ("torch.nn:Linear",), RowsLinear, _rows),
     )
 
@@ -823,6 +825,27 @@ class BmmTokenWindowAttention(nn.Module):
 
 # ------------------------------------------------------------------------------------------------
 # EfficientViT: ReLU linear attention phi(Q) (phi(K)^T V), kept in the channels-first layout
+
+
+class EdgeLinearSelfAttention(nn.Module):
+    """MobileViTv2's separable linear self-attention without ``expand_as``: the context vector
+    (B, d, P, 1) multiplies the values (B, d, P, N) by broadcasting, the same product, which TFLite
+    converts (the expanded form fails: ``'tfl.mul' op operands don't have broadcast-compatible
+    shapes``). Cross-attention calls (``x_prev``) go to the original module."""
+
+    def __init__(self, src: nn.Module) -> None:
+        super().__init__()
+        self.embed_dim = src.embed_dim
+        self.qkv_proj, self.out_proj = src.qkv_proj, src.out_proj
+        self.attn_drop, self.out_drop = src.attn_drop, src.out_drop
+        self._cross = [src]  # a plain list: not a submodule, its weights are the shared ones above
+
+    def forward(self, x: torch.Tensor, x_prev: torch.Tensor | None = None) -> torch.Tensor:
+        if x_prev is not None:
+            return self._cross[0](x, x_prev)
+        query, key, value = self.qkv_proj(x).split([1, self.embed_dim, self.embed_dim], dim=1)
+        context = (key * self.attn_drop(torch.softmax(query, dim=-1))).sum(dim=-1, keepdim=True)
+        return self.out_drop(self.out_proj(torch.relu(value) * context))
 
 
 class BmmLiteMLA(nn.Module):
@@ -1462,7 +1485,7 @@ _ATTENTION_FORMS: tuple[type, ...] = (
     BmmAttention, BmmTokenAttention, BmmMapAttention, WindowBmmAttention, EdgeSwinBlock, BmmTokenWindowAttention,
     BmmLiteMLA, BmmLevitAttention, BmmLevitAttentionDownsample, BmmAttention2d, BmmAttention2dDownsample,
     BmmClassAttention, BmmTalkingHeadAttention, BmmCrossCovarianceAttention, HfBmmAttention, EdgeHfSwinLayer,
-    EdgeHfSwinV2Layer,
+    EdgeHfSwinV2Layer, EdgeLinearSelfAttention,
 )
 
 

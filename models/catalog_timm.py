@@ -77,9 +77,10 @@ _timm("mobilevit_xxs", "mobilevit", "conv-hybrid", "cvnets_in1k", 1.272, 0.4074,
 _timm("mobilevit_xs", "mobilevit", "conv-hybrid", "cvnets_in1k", 2.318, 1.026, 256, 0.9, _ZERO_MEAN, _UNIT_STD, license="other (Apple)", description="MobileViT XS")
 _timm("mobilevit_s", "mobilevit", "conv-hybrid", "cvnets_in1k", 5.579, 2.001, 256, 0.9, _ZERO_MEAN, _UNIT_STD, license="other (Apple)", description="MobileViT S")
 _timm("mobilevitv2_050", "mobilevitv2", "linear", "cvnets_in1k", 1.371, 0.4646, 256, 0.888, _ZERO_MEAN, _UNIT_STD, license="other (Apple)", description="MobileViT v2 0.5 with separable (linear) self-attention",
-      # litert-torch 0.10 lowers the separable attention's broadcast multiply (B,d,P,M) x (B,1,P,M)
-      # to a tfl.mul its own verifier rejects, with and without edgevit's rewrites (matrix run 2026-11-25).
-      known_issues={"tflite": "tfl.mul"})
+      # The plain TFLite conversion fails (litert-torch 0.10 lowers the expand_as of the separable
+      # attention to a tfl.mul its verifier rejects); edgevit's linear_self_attention rewrite
+      # broadcasts instead and converts (2026-12-02).
+      )
 # DeiT: plain ViTs with global attention (Touvron et al. 2021).
 _timm("deit_tiny_patch16_224", "deit", "global", "fb_in1k", 5.717, 1.254, description="DeiT Tiny")
 _timm("deit_small_patch16_224", "deit", "global", "fb_in1k", 22.051, 4.599, description="DeiT Small")

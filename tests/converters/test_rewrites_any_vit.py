@@ -453,3 +453,28 @@ def test_unrecognised_attention_with_a_fused_switch_runs_its_reference_math():
     assert torch.allclose(got, want, atol=1e-5 * float(want.abs().max()) + 1e-6)
     ops = {str(n.target) for n in torch.export.export(rewritten, (x,)).graph.nodes if n.op == "call_function"}
     assert not [op for op in ops if "scaled_dot_product" in op], ops
+
+
+def test_mobilevitv2_linear_attention_without_expand_keeps_the_math():
+    """MobileViTv2's expand_as made TFLite conversion fail (tfl.mul broadcast); broadcasting is the
+    same product."""
+    import copy
+
+    import torch
+
+    from edgevit.converters.rewrites import edge_rewrite
+    from edgevit.models._timm import import_timm
+
+    model = import_timm().create_model("mobilevitv2_050").eval()
+    for p in model.parameters():  # non-zero scales everywhere: every branch counts in the parity
+        if p.dim() == 1 and not p.any():
+            torch.nn.init.uniform_(p, 0.5, 1.5)
+    x = torch.randn(1, 3, 256, 256)
+    rewritten = copy.deepcopy(model)
+    report = edge_rewrite(rewritten)
+    assert report.replaced["linear_self_attention"] == 9 and not report.unrecognised
+    with torch.no_grad():
+        want, got = model(x), rewritten(x)
+    assert torch.allclose(got, want, atol=1e-5 * float(want.abs().max()) + 1e-6)
+    ops = {str(n.target) for n in torch.export.export(rewritten, (x,)).graph.nodes if n.op == "call_function"}
+    assert not [op for op in ops if "expand" in op], ops
