@@ -984,7 +984,7 @@ class BmmAttention2d(nn.Module):
         self.num_heads, self.scale, self.resolution = src.num_heads, src.scale, tuple(src.resolution)
         self.stride_conv, self.upsample = src.stride_conv, src.upsample
         self.q, self.k, self.v, self.v_local = src.q, src.k, src.v, src.v_local
-        self.talking_head1, self.talking_head2 = src.talking_head1, src.talking_head2
+        self.talking_head1, self.talking_head2 = HeadMix.of(src.talking_head1), HeadMix.of(src.talking_head2)
         self.act, self.proj = src.act, src.proj
         self.register_buffer("bias", _attention_bias(src)[None], persistent=False)  # (1, h, N, N)
 
@@ -1154,15 +1154,27 @@ class RowsLinear(nn.Module):
 # CaiT / XCiT attention (timm.models.cait, timm.models.xcit)
 
 
-def _conv1x1_from(linear: nn.Linear) -> nn.Conv2d:
-    """A linear layer over the channels of an NCHW map as a 1x1 convolution with its weights."""
-    conv = nn.Conv2d(linear.in_features, linear.out_features, 1, bias=linear.bias is not None)
-    with torch.no_grad():
-        conv.weight.copy_(linear.weight.detach()[:, :, None, None])
-        if linear.bias is not None:
-            conv.bias.copy_(linear.bias.detach())
-    conv.requires_grad_(False)
-    return conv
+class HeadMix(nn.Module):
+    """Talking heads: a (heads x heads) mixing of (B, heads, N, N) attention maps, as one batched
+    matmul of the weight over (B, heads, N * N) plus the bias. The 1x1-convolution form of the
+    same product computes wrong numbers on ExecuTorch's XNNPACK around a softmax (CaiT cosine 0.84,
+    EfficientFormerV2-S1 0.90 with non-degenerate weights); this one is exact there."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight.detach().reshape(weight.shape[0], weight.shape[1]).clone())
+        heads = weight.shape[0]
+        b = bias.detach().clone() if bias is not None else torch.zeros(heads, dtype=weight.dtype)
+        self.register_buffer("bias", b.reshape(1, heads, 1))
+
+    @classmethod
+    def of(cls, layer: nn.Module) -> HeadMix:
+        """From a ``Linear(heads, heads)`` or a 1x1 ``Conv2d(heads, heads)``."""
+        return cls(layer.weight, layer.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, n, m = x.shape
+        return (torch.matmul(self.weight, x.reshape(b, h, n * m)) + self.bias).reshape(b, h, n, m)
 
 
 class BmmClassAttention(nn.Module):
@@ -1187,13 +1199,13 @@ class BmmClassAttention(nn.Module):
 
 class BmmTalkingHeadAttention(nn.Module):
     """CaiT's ``TalkingHeadAttn``: per-head matmuls; the two head-mixing linear layers (before and
-    after the softmax) as 1x1 convolutions over the (B, heads, N, N) scores."""
+    after the softmax) as :class:`HeadMix` batched matmuls over the (B, heads, N, N) scores."""
 
     def __init__(self, src: nn.Module) -> None:
         super().__init__()
         self.num_heads = src.num_heads
         self.q, self.k, self.v = _qkv_split(src.qkv, src.scale)
-        self.talk_before, self.talk_after = _conv1x1_from(src.proj_l), _conv1x1_from(src.proj_w)
+        self.talk_before, self.talk_after = HeadMix.of(src.proj_l), HeadMix.of(src.proj_w)
         self.proj, self.attn_drop, self.proj_drop = src.proj, src.attn_drop, src.proj_drop
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
