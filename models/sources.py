@@ -162,7 +162,7 @@ def _timm_labels(timm, cfg) -> tuple[str | tuple[str, ...], tuple[str, ...]]:
     except Exception:  # noqa: BLE001 - timm cannot tell the subset: generic names below
         pass
     if n <= 0:
-        return ("class_0",), ("its pretrained config has no classifier; pass --num-classes N and --labels FILE",)
+        return (), ()  # a feature model: load_model asks for --num-classes
     return tuple(f"class_{i}" for i in range(n)), (
         f"timm's pretrained config names no label set for its {n} classes: generic names class_0.. are used; "
         "pass --labels FILE for real names",)
@@ -665,6 +665,9 @@ def load_model(
             want = len(given)
         else:
             want = None
+        if want is None and default_n == 0:
+            raise ConfigError(f"{spec.name} is a feature model without a classifier head (its config has no classes): "
+                              "pass --num-classes N (and --labels FILE with the N class names) to export a classifier")
         if want == default_n:
             want = None
         if want is not None and pretrained:
@@ -673,6 +676,13 @@ def load_model(
         names = given or stored or spec.label_names()
         resolved = ResolvedModel(module, spec, tuple(names), module.edgevit_weights)
     n = _num_outputs(resolved.module, resolved.spec)
+    generic = all(label == f"class_{i}" for i, label in enumerate(resolved.labels))
+    if len(resolved.labels) != n and generic and not given and not (isinstance(source, str) and stored):
+        # A source without class names (a headless timm config, --num-classes N): generic names,
+        # said so; real names come from --labels FILE.
+        resolved.labels = tuple(f"class_{i}" for i in range(n))
+        notes.append(f"no class names are known for {resolved.spec.name}'s {n} outputs: generic names class_0.. "
+                     "are stored; pass --labels FILE for real names")
     if len(resolved.labels) != n:
         if given:
             fix = (f"pass --labels with {n} names (one a line, or a JSON list), or --num-classes {len(given)} to "

@@ -284,3 +284,13 @@ def test_near_ties_do_not_fail_a_sound_reduced_precision_artifact():
     candidate[1] = -candidate[1]  # a decided image that flips (and a broken cosine) still fails
     report = compare_logits([f"img{i}" for i in range(7)], reference, candidate, "int8")
     assert not report.passed
+
+
+def test_a_feature_model_needs_num_classes_and_gets_generic_names():
+    from edgevit.models.sources import load_model
+
+    with pytest.raises(ConfigError, match="feature model without a classifier head.*--num-classes"):
+        load_model("timm:eva02_tiny_patch14_224")  # timm's config: num_classes=0
+    resolved = load_model("timm:eva02_tiny_patch14_224", num_classes=4)
+    assert resolved.labels == ("class_0", "class_1", "class_2", "class_3")
+    assert any("generic names" in note for note in resolved.notes)
