@@ -321,8 +321,13 @@ def _build_hf(ref: str, local: bool, has_weights: bool, num_classes: int | None 
     kwargs: dict[str, Any] = {}
     if num_classes is not None:
         kwargs.update(num_labels=num_classes, ignore_mismatched_sizes=True)
+    import torch
+
+    # Profiling builds models on the meta device, where from_pretrained refuses to load weights:
+    # the architecture alone is what is counted there.
+    on_meta = torch.empty(0).device.type == "meta"
     try:
-        if has_weights:
+        if has_weights and not on_meta:
             model = auto.from_pretrained(ref, **kwargs)
         else:
             config = transformers.AutoConfig.from_pretrained(ref, **({"num_labels": num_classes} if num_classes else {}))

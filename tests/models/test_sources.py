@@ -294,3 +294,11 @@ def test_a_feature_model_needs_num_classes_and_gets_generic_names():
     resolved = load_model("timm:eva02_tiny_patch14_224", num_classes=4)
     assert resolved.labels == ("class_0", "class_1", "class_2", "class_3")
     assert any("generic names" in note for note in resolved.notes)
+
+
+def test_hf_folder_profiles_on_the_meta_device(hf_folders):
+    """`edgevit bench` and `profile` count MACs on the meta device, where transformers refuses
+    from_pretrained: the architecture is built from its config there."""
+    from edgevit.measure.profile import profile_model
+
+    assert profile_model(str(hf_folders["vit"]), (32, 32)).gmacs > 0
