@@ -465,6 +465,6 @@ def _images_for_verification(images: str | os.PathLike | Sequence[Any]) -> list[
         if isinstance(item, tuple) and len(item) == 2:
             named.append((str(item[0]), item[1]))
         else:
-            load_image(item)  # decodes now: a bad file fails before the conversion
-            named.append((Path(item).name if isinstance(item, (str, os.PathLike)) else "<image>", item))
+            # Decoded once, now: a bad file fails before the conversion, and verification reuses it.
+            named.append((Path(item).name if isinstance(item, (str, os.PathLike)) else "<image>", load_image(item)))
     return named

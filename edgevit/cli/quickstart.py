@@ -28,13 +28,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="re-export even if the artifact exists")
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """True if the Hugging Face hub answers within ``timeout`` seconds (HF_HUB_OFFLINE=1 -> False)."""
-    from edgevit.models.hub import hub_reachable as reachable
-
-    return reachable(timeout)
-
-
 def run(args: argparse.Namespace) -> int:
     import re
     from pathlib import Path
@@ -48,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     if args.offline:
         online, why = False, "--offline"
     else:
+        from edgevit.models.hub import hub_reachable
+
         online = hub_reachable()
         why = "the Hugging Face hub is reachable" if online else "the Hugging Face hub is not reachable (offline)"
         if args.online and not online:
