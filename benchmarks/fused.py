@@ -127,7 +127,7 @@ def _interleaved(fns: list, warmup: int, runs: int, clock=time.perf_counter) -> 
 
 
 def _stats(t: list[float]) -> dict[str, float]:
-    return {"median_ms": 1e3 * statistics.median(t), "p10_ms": 1e3 * float(np.percentile(t, 10))}
+    return {"median_ms": 1e3 * float(np.percentile(t, 50)), "p10_ms": 1e3 * float(np.percentile(t, 10))}
 
 
 def _time_pair(plain: str, fused: str, threads: int, warmup: int, runs: int, cpu_time: bool) -> dict[str, Any]:

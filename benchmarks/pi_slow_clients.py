@@ -25,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 
 SERVER = textwrap.dedent(
@@ -140,8 +142,7 @@ def timed_get(port: int, path: str) -> tuple[float, int]:
 
 
 def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+    return float(np.percentile(values, 100 * q))  # numpy's definition, as bench and the Pi app use
 
 
 def measure(port: int, requests: int, spread: float) -> dict[str, dict[str, object]]:

@@ -157,8 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 # A package a command needs -> the extra that installs it (a device install lacks the host side).
 _EXTRA_OF = {
     **dict.fromkeys(("torch", "torchvision", "timm", "transformers", "safetensors", "litert_torch", "ai_edge_torch",
-                     "ai_edge_quantizer", "coremltools", "onnx", "onnxscript", "torchao", "skimage", "sklearn",
-                     "matplotlib", "tqdm", "huggingface_hub"), "export"),
+                     "ai_edge_quantizer", "coremltools", "onnx", "onnxscript", "torchao", "matplotlib", "tqdm",
+                     "huggingface_hub"), "export"),
+    **dict.fromkeys(("skimage", "sklearn"), "samples"),
     "ai_edge_litert": "tflite",
     "tflite_runtime": "tflite",
     "onnxruntime": "onnx",

@@ -8,7 +8,7 @@ COMMAND = "train"
 HELP = "train a catalog model on fashion-mnist, digits or an image folder (checkpoints, resume)"
 DESCRIPTION = (
     "Train a catalog model on a labelled dataset: 'fashion-mnist' (apt-get install "
-    "dataset-fashion-mnist), 'digits' (scikit-learn), a folder of IDX files, or an image folder with "
+    "dataset-fashion-mnist), 'digits' (scikit-learn: pip install 'edgevit[samples]'), a folder of IDX files, or an image folder with "
     "one sub-folder per class (optionally split into train/ and test/). Prints the held-out top-1 "
     "after each epoch, checkpoints into --out after each epoch (--resume continues), and writes "
     "OUT/MODEL.safetensors (use it with --weights in export/predict/eval) and OUT/MODEL.json."

@@ -235,7 +235,7 @@ def _digits() -> Dataset:
     except ImportError:
         from edgevit.errors import MissingDependencyError
 
-        raise MissingDependencyError("scikit-learn", "export", "load the 'digits' dataset") from None
+        raise MissingDependencyError("scikit-learn", "samples", "load the 'digits' dataset") from None
     bunch = load_digits()
     images = np.clip(np.rint(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
     labels = bunch.target.astype(np.int64)

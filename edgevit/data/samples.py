@@ -1,11 +1,13 @@
 """Real photos that install from the package registries, for verification and demos.
 
-* scikit-image's bundled data: chelsea (a tabby cat), coffee, astronaut, rocket (CC0 / public domain)
-* matplotlib's sample data: grace_hopper.jpg
-* scikit-learn's sample images: china.jpg, flower.jpg
-* edgevit's own: Fashion-MNIST test images (MIT), shipped in ``edgevit/data/fashion_samples``
+* shipped with edgevit (``edgevit/data/photos``, from scikit-image's sample data, CC0 / public
+  domain): chelsea (a tabby cat), coffee, astronaut, rocket
+* matplotlib's sample data: grace_hopper.jpg (with the ``export`` extra)
+* scikit-learn's sample images: china.jpg, flower.jpg (with the ``samples`` extra)
+* edgevit's own Fashion-MNIST test images (MIT), shipped in ``edgevit/data/fashion_samples``
 
-Each source is optional: what is installed is used. None of these download anything.
+The shipped photos are always there (a device install included); the others are used when their
+package is installed. None of these download anything.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from edgevit.errors import DataError
 __all__ = ["FASHION_SAMPLES_DIR", "fashion_samples", "natural_photos", "sample_images"]
 
 FASHION_SAMPLES_DIR = Path(__file__).parent / "fashion_samples"
+PHOTOS_DIR = Path(__file__).parent / "photos"
 
 
-def _skimage(name: str) -> Callable[[], Image.Image]:
+def _shipped(name: str) -> Callable[[], Image.Image]:
     def load() -> Image.Image:
-        import skimage.data
-
-        return Image.fromarray(getattr(skimage.data, name)())
+        with Image.open(PHOTOS_DIR / f"{name}.jpg") as img:
+            return img.convert("RGB")
 
     return load
 
@@ -49,10 +51,10 @@ def _sklearn(index: int) -> Callable[[], Image.Image]:
 
 
 _PHOTOS: dict[str, Callable[[], Image.Image]] = {
-    "chelsea": _skimage("chelsea"),
-    "coffee": _skimage("coffee"),
-    "astronaut": _skimage("astronaut"),
-    "rocket": _skimage("rocket"),
+    "chelsea": _shipped("chelsea"),
+    "coffee": _shipped("coffee"),
+    "astronaut": _shipped("astronaut"),
+    "rocket": _shipped("rocket"),
     "grace_hopper": _grace_hopper,
     "china": _sklearn(0),
     "flower": _sklearn(1),
@@ -85,7 +87,7 @@ def sample_images(labels: str = "imagenet", limit: int | None = None) -> list[tu
     images += natural_photos()
     if not images:
         raise DataError(
-            "no real sample images are installed; install 'edgevit[export]' "
-            "(scikit-image, matplotlib, scikit-learn ship them) or pass image files"
+            f"no real sample images were found (the shipped photos in {PHOTOS_DIR} are missing: "
+            "reinstall edgevit) - or pass image files"
         )
     return images[:limit] if limit else images

@@ -25,7 +25,6 @@ This module's top level imports only the standard library: the worker processes
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -107,23 +106,19 @@ def _status_kb(field_name: str) -> int:
 
 
 def _stats(times: Sequence[float]) -> dict[str, float]:
-    ordered = sorted(times)
-    n = len(ordered)
+    # numpy's percentile (linear interpolation) is the one definition edgevit uses everywhere:
+    # here, on the Pi app's status page and in the benchmarks.
+    import numpy as np
 
-    def pct(q: float) -> float:
-        # Nearest-rank percentile on the sorted sample.
-        k = max(0, min(n - 1, math.ceil(q * n - 1e-9) - 1))
-        return ordered[k]
-
-    median = ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
-    mean = sum(ordered) / n
+    ms = 1e3 * np.asarray(times, dtype=np.float64)
+    mean = float(ms.mean())
     return {
-        "median_ms": 1e3 * median,
-        "p90_ms": 1e3 * pct(0.9),
-        "mean_ms": 1e3 * mean,
-        "min_ms": 1e3 * ordered[0],
-        "max_ms": 1e3 * ordered[-1],
-        "throughput": 1.0 / mean if mean > 0 else 0.0,
+        "median_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "mean_ms": mean,
+        "min_ms": float(ms.min()),
+        "max_ms": float(ms.max()),
+        "throughput": 1e3 / mean if mean > 0 else 0.0,
     }
 
 
@@ -344,7 +339,7 @@ def _default_image(tmpdir: Path) -> str:
     if not photos:
         from edgevit.errors import DataError
 
-        raise DataError("no sample photo is installed (scikit-image or matplotlib); pass --image FILE")
+        raise DataError("no sample photo was found (edgevit ships four; reinstall it) - or pass --image FILE")
     name, img = photos[0]
     path = tmpdir / f"{name}.png"
     img.save(path)

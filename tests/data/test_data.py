@@ -238,3 +238,18 @@ def test_shipped_samples_are_the_first_two_test_images_of_each_class():
     assert sorted(files) == sorted(i for v in expected.values() for i in v)
     for i, path in files.items():
         np.testing.assert_array_equal(np.asarray(Image.open(path)), ds.test_images[i])
+
+
+def test_photos_ship_with_edgevit_and_need_no_sample_packages(tmp_path):
+    """A device install (no scikit-image, scikit-learn or matplotlib) still has four real photos."""
+    code = (
+        "import sys\n"
+        "for mod in ('skimage', 'sklearn', 'matplotlib'):\n"
+        "    sys.modules[mod] = None  # importing it now raises ImportError\n"
+        "from edgevit.data.samples import natural_photos\n"
+        "photos = natural_photos()\n"
+        "assert [n for n, _ in photos] == ['chelsea', 'coffee', 'astronaut', 'rocket'], photos\n"
+        "assert all(img.mode == 'RGB' and min(img.size) >= 300 for _, img in photos)\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

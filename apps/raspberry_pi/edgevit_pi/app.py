@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+import numpy as np
 from PIL import Image
 
 from edgevit.errors import ConfigError
@@ -176,12 +177,6 @@ class RateMeter:
         return (n - 1) / span
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    pos = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[pos]
-
-
 class CameraApp:
     """Classify the frames of ``source`` with ``classifier`` and serve the browser view.
 
@@ -287,8 +282,8 @@ class CameraApp:
             lat = {
                 "last": round(latencies[-1], 3),
                 "mean": round(statistics.fmean(latencies), 3),
-                "p50": round(_percentile(latencies, 0.5), 3),
-                "p90": round(_percentile(latencies, 0.9), 3),
+                "p50": round(float(np.percentile(latencies, 50)), 3),
+                "p90": round(float(np.percentile(latencies, 90)), 3),
             }
         return {
             "model": self.model_name,

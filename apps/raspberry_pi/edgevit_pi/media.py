@@ -1,7 +1,7 @@
 """Demo media made from real photos: a short "video" (animated GIF) or an image folder.
 
 The photos are the real sample images edgevit knows about (:func:`edgevit.data.samples.sample_images`):
-Fashion-MNIST test images for Fashion-MNIST models, then natural photos (scikit-image, matplotlib,
+Fashion-MNIST test images for Fashion-MNIST models, then natural photos (shipped with edgevit, matplotlib,
 scikit-learn sample data where installed). Each photo is letterboxed into a fixed-size frame and
 shown for a few frames with a slow zoom, so the stream really moves.
 """
