@@ -16,6 +16,7 @@ from __future__ import annotations
 import operator
 from collections import Counter
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from edgevit.converters.base import ConvertOutput, Converter, DelegationReport, ExportConfig, register_converter
@@ -23,7 +24,6 @@ from edgevit.converters.quantize import (
     QUANT_OPTIONS,
     QuantSettings,
     add_size_and_latency,
-    compare_latency,
     metadata_summary,
     summary_lines,
     torch_threads,
@@ -132,7 +132,17 @@ class ExecuTorchConverter(Converter):
             with torch_threads(1):
                 lowered_model, section, warnings, judge = _quantize_pt2e(model, example, metadata, config)
             artifact_meta = metadata.replace(extra={**metadata.extra, "quantization": metadata_summary(section)})
-        data, report = lower(lowered_model, example, artifact_meta)
+        speed: dict[str, Any] = {}
+        if section is not None and QuantSettings.from_options(config.options).speed_check:
+            def restamp(first: bytes, delegation: DelegationReport) -> ArtifactMetadata:
+                """Time the lowered program against its fp32 twin; the figures go into its metadata."""
+                path.write_bytes(first)
+                speed["check"], speed["fp32_bytes"] = _speed_check(model, example, path, metadata, config.precision,
+                                                                   delegation)
+                return artifact_meta.replace(speed_check=speed["check"].to_dict())
+        else:
+            restamp = None
+        data, report = lower(lowered_model, example, artifact_meta, restamp=restamp)
         path.write_bytes(data)
         if judge is not None:  # the fidelity of the real artifact, on the held-out images
             missed = _judge_artifact(path, self.runtime, section, *judge)
@@ -150,16 +160,18 @@ class ExecuTorchConverter(Converter):
             "digest_method": DIGEST_METHOD,
         }
         if section is not None:
+            latency = None
+            if "check" in speed:
+                check = speed["check"]
+                details["speed_check"] = check.to_dict()
+                latency = {"fp32": check.fp32_ms, "quantized": check.optimized_ms}
+                if check.slower:
+                    warnings.append(check.warning())
             if QuantSettings.from_options(config.options).compare_fp32:
-                fp32_path = path.with_name(f".{path.stem}.fp32-compare{path.suffix}")
-                try:
-                    fp32_data, _ = lower(model, example, metadata.replace(precision="fp32"))
-                    fp32_path.write_bytes(fp32_data)
-                    x = example.detach().cpu().numpy()
-                    latency = compare_latency({"fp32": fp32_path, "quantized": path}, self.runtime, x)
-                finally:
-                    fp32_path.unlink(missing_ok=True)
-                add_size_and_latency(section, len(fp32_data), len(data), latency)
+                fp32_bytes = speed.get("fp32_bytes") or len(lower(model, example, metadata.replace(precision="fp32"))[0])
+                add_size_and_latency(section, fp32_bytes, len(data), latency)
+            elif latency:
+                add_size_and_latency(section, None, len(data), latency)
             details["quantization"] = section
             details["quantization_summary"] = summary_lines(section)
         return ConvertOutput(warnings=warnings, delegation=report, details=details)
@@ -197,8 +209,13 @@ def _describe_failure(stage: str, exc: BaseException) -> str:
     return f"ExecuTorch {stage} failed{f' (op {op})' if op else ''}: {type(exc).__name__}: {first}"
 
 
-def lower(model: torch.nn.Module, example: torch.Tensor, metadata: ArtifactMetadata) -> tuple[bytes, DelegationReport]:
-    """torch.export -> edge dialect -> XNNPACK -> sealed ``.pte`` bytes, and the delegation report."""
+def lower(model: torch.nn.Module, example: torch.Tensor, metadata: ArtifactMetadata,
+          restamp: Callable[[bytes, DelegationReport], ArtifactMetadata] | None = None) -> tuple[bytes, DelegationReport]:
+    """torch.export -> edge dialect -> XNNPACK -> sealed ``.pte`` bytes, and the delegation report.
+
+    ``restamp`` (optional) gets the sealed program and the report and returns new metadata; the
+    program is then emitted again with it (emission only: the lowering is not repeated). The
+    speed check uses it to write the program's own timing into its metadata."""
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -208,20 +225,41 @@ def lower(model: torch.nn.Module, example: torch.Tensor, metadata: ArtifactMetad
         with torch.no_grad():
             exported = torch.export.export(model, (example,), strict=False)
         stage = "edge lowering (XNNPACK partitioner)"
-        edge = to_edge_transform_and_lower(
-            exported,
-            partitioner=[XnnpackPartitioner()],
-            constant_methods={
-                METADATA_KEY: metadata.to_json(),
-                DIGEST_METHOD: PLACEHOLDER.decode("ascii"),
-            },
-        )
+        methods = {METADATA_KEY: metadata.to_json(), DIGEST_METHOD: PLACEHOLDER.decode("ascii")}
+        edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()], constant_methods=methods)
         report = delegation_report(edge.exported_program().graph_module)
         stage = "to_executorch"
         buffer = edge.to_executorch().buffer
     except Exception as exc:
         raise ConversionError(_describe_failure(stage, exc), op=_failing_op(exc)) from exc
-    return _seal(buffer), report
+    if restamp is None:
+        return _seal(buffer), report
+    again = restamp(_seal(buffer), report)
+    methods[METADATA_KEY] = again.to_json()  # the manager holds this dict: emit once more with it
+    try:
+        buffer = edge.to_executorch().buffer
+    except Exception as exc:
+        raise ConversionError(_describe_failure("to_executorch", exc), op=_failing_op(exc)) from exc
+    data = _seal(buffer)
+    if again.to_json().encode() not in data:  # the constant method's string, stored verbatim
+        raise ConversionError("ExecuTorch program: re-emitting it with its speed-check metadata did not take")
+    return data, report
+
+
+def _speed_check(model: torch.nn.Module, example: torch.Tensor, path: Path, metadata: ArtifactMetadata,
+                 precision: str, delegation: DelegationReport):
+    """(speed check, fp32 twin bytes): the program at ``path`` timed against its fp32 twin."""
+    from edgevit.converters._speed import slower_cause, time_twins, twin_path
+
+    twin = twin_path(path, "fp32")
+    try:
+        fp32_data, _ = lower(model, example, metadata.replace(precision="fp32"))
+        twin.write_bytes(fp32_data)
+        check = time_twins(twin, path, "executorch", precision, example.detach().cpu().numpy(),
+                           cause=lambda: slower_cause("executorch", precision, delegation=delegation))
+    finally:
+        twin.unlink(missing_ok=True)
+    return check, len(fp32_data)
 
 
 # ----------------------------------------------------------------------------------------------

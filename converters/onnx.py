@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgevit.converters._onnx_seal import CHECKSUM_KEY, checksum_trailer
+from edgevit.converters._speed import check_option, slower_cause, time_twins, twin_path
 from edgevit.converters.base import ConvertOutput, Converter, ExportConfig, register_converter
 from edgevit.converters.quantize import QUANT_OPTIONS, add_size_and_latency, metadata_summary, summary_lines, torch_threads
 from edgevit.errors import ConfigError, ConversionError
@@ -155,15 +156,12 @@ class ONNXConverter(Converter):
             if not fusion.applied or fusion.reason:
                 fusion_warnings.append(f"ort_fusion: {fusion.summary()}{'; ' + fusion.reason if fusion.applied else ''}")
         section, quant_warnings, float_bytes = None, [], proto.ByteSize()
+        float_proto = proto
         if config.precision != "fp32":  # onnxruntime's quantization tools on the float graph
             with torch_threads(1):
                 proto, section, quant_warnings = _quantize_onnx(proto, model, metadata, config)
             metadata = metadata.replace(extra={**metadata.extra, "quantization": metadata_summary(section)})
-        del proto.metadata_props[:]
-        prop = proto.metadata_props.add()
-        prop.key = METADATA_KEY
-        prop.value = metadata.to_json()
-        proto.doc_string = f"edgevit export of {metadata.model} ({metadata.precision})"
+        _embed(proto, metadata)
         try:
             onnx.checker.check_model(proto, full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
@@ -177,9 +175,7 @@ class ONNXConverter(Converter):
                 f"{metadata.model} is {size / 2**30:.1f} GiB as ONNX, over protobuf's 2 GiB limit "
                 "for a single-file model; edgevit writes single-file artifacts only"
             )
-        body = proto.SerializeToString()
-        # Written in one piece: the caller's temporary path, never an external-data side file.
-        path.write_bytes(body + checksum_trailer(hashlib.sha256(body).hexdigest()))
+        _write(proto, path)
 
         ops = Counter(n.op_type if not n.domain else f"{n.domain}.{n.op_type}" for n in proto.graph.node)
         details = {
@@ -193,12 +189,23 @@ class ONNXConverter(Converter):
         }
         if fusion is not None:
             details["onnxruntime_fusion"] = fusion.to_dict()
+        speed_warnings: list[str] = []
         if section is not None:
+            latency = None
+            if check_option(config.options):  # time it against its fp32 twin; the figures go inside
+                check = _speed_check(float_proto, path, metadata, config, details)
+                metadata = metadata.replace(speed_check=check.to_dict())
+                _embed(proto, metadata)
+                _write(proto, path)
+                details["speed_check"] = check.to_dict()
+                latency = {"fp32": check.fp32_ms, "quantized": check.optimized_ms}
+                speed_warnings = [check.warning()] if check.slower else []
             add_size_and_latency(section, float_bytes if section.pop("_compare_fp32", False) else None,
-                                 path.stat().st_size, section.pop("_latency", None))
+                                 path.stat().st_size, latency)
             details["quantization"] = section
             details["quantization_summary"] = summary_lines(section)
-        return ConvertOutput(warnings=_relevant(caught) + fusion_warnings + quant_warnings, details=details)
+        return ConvertOutput(warnings=_relevant(caught) + fusion_warnings + quant_warnings + speed_warnings,
+                             details=details)
 
     def structure(self, path: Path) -> dict[str, Any]:
         """Inputs, outputs, opset, op counts and metadata keys of a written ``.onnx`` file."""
@@ -245,6 +252,39 @@ def _warm_attention_bias_caches(model: nn.Module) -> int:
                 getter(ref.device if ref is not None else torch.device("cpu"))
                 warmed += 1
     return warmed
+
+
+def _embed(proto, metadata: ArtifactMetadata) -> None:
+    """Set the edgevit metadata entry (the only ``metadata_props`` entry) and the doc string."""
+    del proto.metadata_props[:]
+    prop = proto.metadata_props.add()
+    prop.key = METADATA_KEY
+    prop.value = metadata.to_json()
+    proto.doc_string = f"edgevit export of {metadata.model} ({metadata.precision})"
+
+
+def _write(proto, path: Path) -> None:
+    """Write ``proto`` in one piece, sealed with the edgevit checksum trailer."""
+    body = proto.SerializeToString()
+    # The caller's temporary path, never an external-data side file.
+    path.write_bytes(body + checksum_trailer(hashlib.sha256(body).hexdigest()))
+
+
+def _speed_check(float_proto, path: Path, metadata: ArtifactMetadata, config: ExportConfig, details: dict):
+    """Time the written artifact against its fp32 twin with the ONNX runtime (see :mod:`._speed`)."""
+    import numpy as np
+
+    twin = twin_path(path, "fp32")
+    try:
+        fp32 = type(float_proto)()
+        fp32.CopyFrom(float_proto)
+        _embed(fp32, metadata.replace(precision="fp32", extra={k: v for k, v in metadata.extra.items() if k != "quantization"}))
+        _write(fp32, twin)
+        example = np.zeros(metadata.input_shape(1), np.uint8 if metadata.fused_input else np.float32)
+        return time_twins(twin, path, "onnx", config.precision, example,
+                          cause=lambda: slower_cause("onnx", config.precision, details))
+    finally:
+        twin.unlink(missing_ok=True)
 
 
 def _default_opset(proto) -> int:
@@ -511,34 +551,8 @@ def _quantize_onnx(proto, model, metadata: ArtifactMetadata, config: ExportConfi
         evaluation = qz.fidelity(reference, _ort_logits(data, search.inputs, dynamic_batch), search.labels) if search else None
         section = qz.report(precision, scheme, tool, settings, calibration=calibration_info, evaluation=evaluation)
     if settings.compare_fp32:
-        import numpy as np
-
-        example = np.zeros(metadata.input_shape(1), np.uint8 if metadata.fused_input else np.float32)
-        section["_compare_fp32"] = True
-        section["_latency"] = _ort_latency({"fp32": float_bytes, "quantized": data}, example)
+        section["_compare_fp32"] = True  # size against the fp32 graph (latency: the speed check)
     return onnx.load_from_string(data), section, warnings
-
-
-def _ort_latency(models: dict, example, runs: int = 20) -> dict:
-    """Median latency (ms) of each model, interleaved in one run, batch 1."""
-    import time
-
-    import numpy as np
-    import onnxruntime as ort
-
-    sessions = {}
-    for label, data in models.items():
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 2
-        sessions[label] = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    times: dict = {label: [] for label in sessions}
-    for i in range(runs + 3):
-        for label, s in sessions.items():
-            t = time.perf_counter()
-            s.run(None, {s.get_inputs()[0].name: example})
-            if i >= 3:
-                times[label].append((time.perf_counter() - t) * 1000.0)
-    return {label: float(np.median(v)) for label, v in times.items()}
 
 
 def _topologically_sorted(proto):

@@ -88,7 +88,8 @@ QUANT_OPTIONS: dict[str, Any] = {
     "search_images": 256,  # further held-out images that judge the recipe (0: reuse calibration)
     "keep": "float",  # precision of the ops the search keeps out of int8: float | int16
     "fallback": False,  # opt-in: keep op types whose int8 kernels fail in float (recorded)
-    "compare_fp32": True,  # size and latency of the fp32 artifact, measured in the same run
+    "compare_fp32": True,  # size of the fp32 artifact of the same run (and its latency, with speed_check)
+    "speed_check": True,  # time the artifact against its fp32 twin on this host (converters/_speed.py)
 }
 
 ROLES = ("softmax", "norm", "residual_add", "attention_matmul", "activation", "gate", "elementwise", "linear", "other")
@@ -111,6 +112,7 @@ class QuantSettings:
     keep: str = "float"
     fallback: bool = False
     compare_fp32: bool = True
+    speed_check: bool = True
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -127,7 +129,7 @@ class QuantSettings:
             raise ConfigError(f"search_images must be an integer >= 0; got {self.search_images!r}")
         if self.keep not in ("float", "int16"):
             raise ConfigError(f"keep must be 'float' or 'int16' (the precision of ops kept out of int8); got {self.keep!r}")
-        for name in ("fallback", "compare_fp32"):
+        for name in ("fallback", "compare_fp32", "speed_check"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false; got {getattr(self, name)!r}")
 

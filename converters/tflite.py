@@ -115,13 +115,18 @@ class TFLiteConverter(Converter):
         path.write_bytes(embed_tflite_metadata(quantized, METADATA_KEY, meta.to_json().encode(), strip))
         settings = QuantSettings.from_options(config.options, _KEEP)
         latency = None
-        if settings.compare_fp32:
-            latency = _compare_tflite_latency(float_data, path, metadata, example, strip)
+        delegation = _delegation(path)
+        if settings.speed_check:  # time it against its fp32 twin; the figures go inside the artifact
+            check = _compare_tflite_latency(float_data, path, metadata, example, strip, config.precision, delegation)
+            meta = meta.replace(speed_check=check.to_dict())
+            path.write_bytes(embed_tflite_metadata(quantized, METADATA_KEY, meta.to_json().encode(), strip))
+            details["speed_check"] = check.to_dict()
+            latency = {"fp32": check.fp32_ms, "quantized": check.optimized_ms}
+            warnings = warnings + ([check.warning()] if check.slower else [])
         add_size_and_latency(section, len(embed_tflite_metadata(float_data, METADATA_KEY, metadata.to_json().encode(), strip))
                              if settings.compare_fp32 else None, path.stat().st_size, latency)
         details["quantization"] = section
         details["quantization_summary"] = summary_lines(section)
-        delegation = _delegation(path)
         return ConvertOutput(warnings=warnings + _delegation_warnings(delegation), delegation=delegation, details=details)
 
 
@@ -510,17 +515,19 @@ def _quantize_tflite(float_data: bytes, model, metadata: ArtifactMetadata, confi
 
 
 def _compare_tflite_latency(float_data: bytes, quantized_path: Path, metadata: ArtifactMetadata, example,
-                            strip_names: bool = False) -> dict:
-    """Median latency of the fp32 and the quantized artifact, interleaved in one run."""
+                            strip_names: bool = False, precision: str = "int8", delegation=None):
+    """The speed check (:mod:`edgevit.converters._speed`): the written artifact against its fp32
+    twin, interleaved, with the TFLite runtime."""
     import numpy as np
 
-    from edgevit.converters.quantize import compare_latency
+    from edgevit.converters._speed import slower_cause, time_twins, twin_path
 
-    fp32_path = quantized_path.with_name(f".{quantized_path.stem}.fp32-compare{quantized_path.suffix}")
+    fp32_path = twin_path(quantized_path, "fp32")
     try:
         fp32_meta = metadata.replace(precision="fp32")
         fp32_path.write_bytes(embed_tflite_metadata(float_data, METADATA_KEY, fp32_meta.to_json().encode(), strip_names))
         x = np.ascontiguousarray(example.detach().cpu().numpy())
-        return compare_latency({"fp32": fp32_path, "quantized": quantized_path}, "tflite", x)
+        return time_twins(fp32_path, quantized_path, "tflite", precision, x,
+                          cause=lambda: slower_cause("tflite", precision, delegation=delegation))
     finally:
         fp32_path.unlink(missing_ok=True)

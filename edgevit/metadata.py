@@ -60,6 +60,10 @@ class ArtifactMetadata:
     fallbacks: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    # The optimized artifact timed against its fp32 twin on the export host (fp32_ms,
+    # optimized_ms, speedup, slower, host, ...; see edgevit.converters._speed). Written only when
+    # measured, so fp32 artifacts and older readers see the same JSON as before.
+    speed_check: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.input_size) != 2 or min(self.input_size) <= 0 or max(self.input_size) > _MAX_SIDE:
@@ -109,6 +113,10 @@ class ArtifactMetadata:
             if isinstance(v, tuple):
                 d[k] = list(v)
         d["extra"] = dict(self.extra)
+        if self.speed_check:
+            d["speed_check"] = dict(self.speed_check)
+        else:
+            del d["speed_check"]
         return d
 
     def to_json(self) -> str:
@@ -150,8 +158,9 @@ class ArtifactMetadata:
             kwargs["labels"] = tuple(str(v) for v in kwargs["labels"])
             if "crop_pct" in kwargs:
                 kwargs["crop_pct"] = float(kwargs["crop_pct"])
-            if not isinstance(kwargs.get("extra", {}), Mapping):
-                raise ArtifactError("edgevit metadata field 'extra' must be an object")
+            for key in ("extra", "speed_check"):
+                if not isinstance(kwargs.get(key, {}), Mapping):
+                    raise ArtifactError(f"edgevit metadata field {key!r} must be an object")
             return cls(**kwargs)
         except (TypeError, ValueError, OverflowError) as exc:
             raise ArtifactError(f"edgevit metadata is malformed: {exc}") from None

@@ -222,4 +222,26 @@ def run(args: argparse.Namespace) -> int:
         emit_json(result.to_dict())
     else:
         print_export_result(result)
+    hint = faster_variant_hint(args, result)
+    if hint:  # the speed check found the artifact slower than its fp32 twin here
+        print(hint, file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def faster_variant_hint(args: argparse.Namespace, result) -> str | None:
+    """The command that exports the faster variant, when the speed check found the optimized
+    artifact slower than its fp32 twin on this host (``details["speed_check"]``)."""
+    import shlex
+
+    check = result.details.get("speed_check") or {}
+    if not check.get("slower"):
+        return None
+    faster = check.get("faster", "fp32")
+    cmd = ["edgevit", "export", args.model, "--target", args.target, "--precision", faster, "--out", args.out]
+    for flag, value in (("--weights", args.weights), ("--labels", args.labels), ("--num-classes", args.num_classes)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    cmd += [flag for flag, on in (("--pretrained", args.pretrained), ("--random-init", getattr(args, "random_init", False)),
+                                  ("--fused-input", args.fused_input)) if on]
+    return (f"{result.precision} is slower than fp32 here ({check['optimized_ms']:.2f} vs {check['fp32_ms']:.2f} ms); "
+            f"the faster variant: {shlex.join(cmd)}")
