@@ -608,7 +608,7 @@ def sweep(
                     submit(cell)  # once more, in a fresh process (on Ray: wherever the scheduler puts it)
                     in_flight += 1
                     continue
-                row = _finish(cell, res, tries, out_dir, db if record else None)
+                row = _finish(cell, res, tries, out_dir, db, record)
                 rows.append(row)
                 done += 1
                 if progress is not None:
@@ -622,7 +622,7 @@ def sweep(
 
 
 def _finish(cell: Cell, res: Mapping[str, Any], tries: list[dict[str, Any]], out_dir: Path | None,
-            db: Any) -> dict[str, Any]:
+            db: Any, record: bool) -> dict[str, Any]:
     """Publish a cell's artifact (driver only) and record it; returns the report row."""
     status = res.get("status", "crashed")
     if status == "lost":
@@ -653,7 +653,7 @@ def _finish(cell: Cell, res: Mapping[str, Any], tries: list[dict[str, Any]], out
         row["bytes"] = export["bytes"]
     if res.get("bench"):
         row["bench"] = [{k: r.get(k) for k in ("median_ms", "p90_ms", "peak_rss_mb")} for r in res["bench"]["rows"]]
-    if db is not None:
+    if record:
         _record(cell, row, export, res, db)
     return row
 
