@@ -98,6 +98,14 @@ class ArtifactMetadata:
     def num_classes(self) -> int:
         return len(self.labels)
 
+    @property
+    def weights_notice(self) -> str | None:
+        """One line to show wherever an artifact exported with random weights classifies images."""
+        if self.weights != "random-init":
+            return None
+        return (f"note: this {self.model} artifact has random weights (exported with --random-init): its labels "
+                "mean nothing; export it without --random-init for the trained weights")
+
     def input_shape(self, batch: int = 1) -> tuple[int, ...]:
         h, w = self.input_size
         if self.layout == "NHWC":

@@ -8,16 +8,41 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["MODEL_SOURCE_HELP", "add_class_arguments", "add_weights_arguments", "format_bytes", "parse_options",
-           "print_export_result", "progress_enabled", "quiet_converters"]
+__all__ = ["MODEL_SOURCE_HELP", "add_class_arguments", "add_weights_arguments", "expand_images",
+           "format_bytes", "parse_options", "print_export_result", "progress_enabled", "quiet_converters"]
 
 
-def add_weights_arguments(p: argparse.ArgumentParser) -> None:
+def add_weights_arguments(p: argparse.ArgumentParser, random_init: bool = False) -> None:
+    """``--pretrained`` / ``--weights FILE``; with ``random_init`` the model's trained weights are
+    the default and ``--random-init`` asks for random ones (see :func:`trained_by_default`)."""
     g = p.add_mutually_exclusive_group()
     g.add_argument("--pretrained", action="store_true",
-                   help="load pretrained weights (shipped with edgevit, or from the hub when online)")
+                   help="load pretrained weights (shipped with edgevit, or from the hub when online)"
+                        + ("; the default when the model has them" if random_init else ""))
     g.add_argument("--weights", metavar="FILE",
                    help="load a local checkpoint (safetensors, or a torch file read with weights_only=True)")
+    if random_init:
+        g.add_argument("--random-init", action="store_true",
+                       help="random weights instead of the trained ones (for size and speed tests only: "
+                            "the labels it predicts mean nothing)")
+
+
+def trained_by_default(args: argparse.Namespace, model: Any) -> bool:
+    """Whether to load the model's pretrained weights: yes when asked (``--pretrained``), no with
+    ``--weights`` or ``--random-init``, and otherwise yes whenever the model has trained weights.
+    A model without any asks the user to choose, rather than exporting random weights silently."""
+    from edgevit.errors import ModelError
+    from edgevit.models import get_spec
+
+    if args.pretrained or args.weights or getattr(args, "random_init", False) or not isinstance(model, str):
+        return bool(args.pretrained)
+    spec = get_spec(model)
+    if spec.default_weights:  # a save_pretrained folder brings its own weights
+        return False
+    if spec.embedded_weights or spec.hub_id:
+        return True
+    raise ModelError(f"{model} has no trained weights that edgevit knows of; pass --weights FILE (your "
+                     "checkpoint), or --random-init for random weights (size and speed tests only)")
 
 
 MODEL_SOURCE_HELP = ("model source: a catalog name (`edgevit list`), timm:NAME (any timm architecture), "
@@ -52,6 +77,41 @@ def quiet_converters(args: argparse.Namespace) -> Iterator[Any]:
             for line in log.tail(25).splitlines():
                 print(f"  | {safe_text(line)}", file=sys.stderr)
         raise
+
+
+def expand_images(items: list[str]) -> list[tuple[str, str | None]]:
+    """The images a batch command was given, as ``(path, problem)`` in argument order: files as
+    given; a folder as the image files under it (recursively, sorted, hidden ones skipped); a glob
+    pattern (``photos/*.jpg``, ``**`` too) as its matches, for shells that pass it unexpanded. An
+    argument that matches nothing comes back with ``problem`` set, to be reported in its place; a
+    missing file comes back as a path, and loading it reports the problem."""
+    import glob
+    from pathlib import Path
+
+    from PIL import Image
+
+    suffixes = {ext.lower() for ext in Image.registered_extensions()}
+    out: list[tuple[str, str | None]] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(str(f) for f in path.rglob("*")
+                           if f.is_file() and f.suffix.lower() in suffixes
+                           and not any(part.startswith(".") for part in f.relative_to(path).parts))
+            if not found:
+                out.append((item, f"{item}: the folder holds no image files ({', '.join(_COMMON_SUFFIXES)}, ...)"))
+            out.extend((f, None) for f in found)
+        elif not path.exists() and glob.has_magic(item):
+            found = sorted(f for f in glob.glob(item, recursive=True) if Path(f).is_file())
+            if not found:
+                out.append((item, f"{item}: no file matches this pattern"))
+            out.extend((f, None) for f in found)
+        else:
+            out.append((item, None))
+    return out
+
+
+_COMMON_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def parse_options(items: list[str] | None) -> dict[str, Any]:

@@ -18,14 +18,17 @@ DESCRIPTION = (
     "--weights FILE exports your own checkpoint (safetensors, or a torch file read with weights_only=True): "
     "one written by `edgevit train`/`distill`, or a pruned model written by `edgevit prune` (its pruning "
     "plan, in the file or the .json beside it, is applied so the pruned shapes are built; pass the base "
-    "model's name). The artifact's metadata records the weights file."
+    "model's name). Without --weights the model's trained weights are used (shipped with edgevit, or the "
+    "hub's when online); --random-init exports random ones, for size and speed tests only. The artifact's "
+    "metadata records the weights."
 )
 EXAMPLES = [
     "edgevit export mobilevit_xxs --target tflite --out out/",
-    "edgevit export vit_fmnist_tiny --pretrained --target onnx --out out/ --json",
+    "edgevit export vit_fmnist_tiny --target onnx --out out/ --json     # its shipped trained weights",
+    "edgevit export vit_tiny_performer --random-init --target tflite   # no trained weights: speed tests",
     "edgevit export deit_tiny_patch16_224 --target executorch --weights deit.safetensors --force",
     "edgevit export vit_fmnist_tiny --weights runs/prune/vit_fmnist_tiny_pruned.safetensors --target tflite",
-    "edgevit export timm:vit_small_patch16_224 --pretrained --target tflite",
+    "edgevit export timm:vit_small_patch16_224 --target tflite     # the hub's weights (online)",
     "edgevit export timm:deit_tiny_patch16_224 --weights my_5class.safetensors --labels classes.txt --verify-images photos/",
     "edgevit export ./my-hf-vit --target onnx          # a folder written by save_pretrained",
 ]
@@ -40,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fp32 | fp16 | int8-dynamic | int8 (default fp32; fp16 for coreml)")
     p.add_argument("--out", "-o", default="edgevit-out", help="output folder or file path (default: edgevit-out/)")
     p.add_argument("--force", action="store_true", help="overwrite an existing artifact")
-    add_weights_arguments(p)
+    add_weights_arguments(p, random_init=True)
     add_class_arguments(p)
     p.add_argument("--verify-images", metavar="DIR|GLOB",
                    help="verify on your own photos (a folder, class subfolders included, or a glob) with the "
@@ -175,7 +178,7 @@ def _record(result, args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgevit.cli import emit_json, json_stdout_guard
-    from edgevit.cli._common import print_export_result
+    from edgevit.cli._common import print_export_result, trained_by_default
     from edgevit.converters import export
     from edgevit.errors import ModelError
 
@@ -191,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"Exporting {args.model} to {args.target} {precision} and verifying it ...", file=sys.stderr, flush=True)
     with json_stdout_guard(True), quiet_converters(args) as log:
         model = resolve_weights_model(args.model, args.weights)
+        pretrained = trained_by_default(args, model)
         try:
             result = export(
                 model,
@@ -198,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
                 precision=precision,
                 out=args.out,
                 force=args.force,
-                pretrained=args.pretrained,
+                pretrained=pretrained,
                 weights=args.weights,
                 labels=args.labels,
                 num_classes=args.num_classes,
@@ -209,6 +213,10 @@ def run(args: argparse.Namespace) -> int:
                 options=_options(args),
             )
         except ModelError as exc:
+            if pretrained and not args.pretrained and "hub" in str(exc):
+                # The trained weights were chosen by default and are out of reach.
+                raise ModelError(f"{exc} Or pass --random-init for random weights (size and speed tests "
+                                 "only).") from exc
             if args.weights is None or "does not fit this model" not in str(exc):
                 raise
             raise ModelError(f"{exc}{not_fitting_hint(model, args.weights)}") from exc

@@ -16,7 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from edgevit.cli._common import add_weights_arguments
 
     p.add_argument("artifact", help="artifact exported by edgevit")
-    p.add_argument("images", nargs="*", help="image files (default: edgevit's real sample photos)")
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="image files, folders or glob patterns (default: edgevit's real sample photos); an image "
+                        "that cannot be read is reported as its own error and the others are still compared")
     p.add_argument("--model", help="model source: a catalog name, timm:NAME, hf:ORG/NAME or a save_pretrained folder "
                                    "(default: the one named in the artifact's metadata)")
     add_weights_arguments(p)
@@ -28,9 +30,8 @@ def run(args: argparse.Namespace) -> int:
 
     from edgevit.cli import emit_json, json_stdout_guard
     from edgevit.converters.verify import verify_runtime
-    from edgevit.errors import VerificationError
+    from edgevit.errors import ImageError, VerificationError
     from edgevit.models import get_spec
-    from edgevit.preprocess import load_image
     from edgevit.runtimes import load
     from edgevit.data.samples import sample_images
 
@@ -56,11 +57,17 @@ def run(args: argparse.Namespace) -> int:
         # The artifact's own class names fix the head size (a checkpoint fine-tuned on other classes).
         model = load_model(name, pretrained=pretrained, weights=weights,
                            labels=list(meta.labels) if len(meta.labels) != len(spec.label_names()) else None).module
+        unreadable: list[tuple[str, str]] = []
         if args.images:
-            named = [(Path(p).name, load_image(p, meta.color_mode)) for p in args.images]
+            named, unreadable = _read_images(args.images, meta.color_mode)
         else:
             named = sample_images(spec.labels)
-        report = verify_runtime(runtime, model, named, meta.precision)
+        report = verify_runtime(runtime, model, named, meta.precision) if named else None
+    if args.json:
+        for path, message in unreadable:
+            emit_json({"image": path, "error": message})
+    if report is None:
+        raise ImageError(f"none of the {len(unreadable)} images given could be read (see above)")
     if args.json:
         emit_json({"artifact": args.artifact, "model": name, "weights": model.edgevit_weights,
                    "integrity": runtime.integrity, **report.to_dict()})
@@ -74,7 +81,35 @@ def run(args: argparse.Namespace) -> int:
             print(f"  top-1 disagrees on: {safe_text(', '.join(report.disagreements))}")
     if not report.passed:
         raise VerificationError(f"{args.artifact} does not match the float model within tolerance", report)
+    if unreadable:
+        import sys
+
+        print(f"Error: {len(unreadable)} of {len(unreadable) + len(named)} images could not be read (see above); the comparison "
+              "covers the others", file=sys.stderr)
+        return 1
     return 0
+
+
+def _read_images(items: list[str], mode: str) -> tuple[list, list[tuple[str, str]]]:
+    """The readable images among ``items`` (files, folders, globs) as (name, image), and the
+    unreadable ones as (path, reason), each reported on stderr as its own ``Error:`` line."""
+    import sys
+
+    from edgevit._text import safe_text
+    from edgevit.cli._common import expand_images
+    from edgevit.errors import ImageError
+    from edgevit.preprocess import load_image
+
+    named, unreadable = [], []
+    for path, problem in expand_images(items):
+        try:
+            if problem:
+                raise ImageError(problem)
+            named.append((path, load_image(path, mode)))
+        except ImageError as exc:
+            unreadable.append((path, str(exc)))
+            print(f"Error: {safe_text(str(exc))}", file=sys.stderr)
+    return named, unreadable
 
 
 def _coreml_structural(args: argparse.Namespace) -> int | None:

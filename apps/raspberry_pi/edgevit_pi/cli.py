@@ -75,7 +75,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def load_classifier(artifact: str, threads: int | None = None) -> Any:
     from edgevit.runtimes import Classifier
 
-    return Classifier.load(artifact, threads=threads)
+    classifier = Classifier.load(artifact, threads=threads)
+    if classifier.metadata.weights_notice:
+        print(classifier.metadata.weights_notice, file=sys.stderr)
+    return classifier
 
 
 def make_source(spec: str, args: argparse.Namespace) -> Any:
