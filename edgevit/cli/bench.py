@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-gemm", action="store_true", help="skip the GEMM peak (no efficiency column)")
     p.add_argument("--db", metavar="FILE", help="results database (default: ~/.cache/edgevit/results.sqlite)")
     p.add_argument("--no-record", action="store_true", help="do not store the results in the database")
+    p.add_argument("--on", metavar="RESOURCE",
+                   help="run on the Ray cluster node carrying RESOURCE (e.g. device:rpi5; cluster from RAY_ADDRESS, "
+                        "else the local one): the artifacts are shipped there, the device's facts come back")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,6 +58,12 @@ def run(args: argparse.Namespace) -> int:
         if progress_enabled(args):
             print(f"  running {msg} ...", file=sys.stderr, flush=True)
 
+    if args.on:  # on a device of the Ray cluster (edgevit.measure.sweep)
+        import functools
+
+        from edgevit.measure.sweep import bench_on
+
+        bench = functools.partial(bench_on, on=args.on)
     with json_stdout_guard(args.json):
         report = bench(
             args.artifacts,
