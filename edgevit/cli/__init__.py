@@ -26,8 +26,8 @@ from edgevit.errors import EdgeVitError
 
 __all__ = ["emit_json", "json_stdout_guard", "main", "print_table"]
 
-_ORDER = ["list", "info", "export", "predict", "verify", "bench", "profile", "eval", "train", "distill",
-          "prune", "qat", "report", "demo", "quickstart"]
+_ORDER = ["list", "info", "export", "predict", "verify", "bench", "profile", "eval", "sweep", "train",
+          "distill", "prune", "qat", "report", "demo", "quickstart"]
 
 
 def _commands() -> list[Any]:
@@ -164,6 +164,7 @@ _EXTRA_OF = {
     "tflite_runtime": "tflite",
     "onnxruntime": "onnx",
     "executorch": "executorch",
+    "ray": "cluster",
 }
 
 
