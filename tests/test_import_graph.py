@@ -21,7 +21,8 @@ PACKAGE_DIRS = {"edgevit": "edgevit", "edgevit.models": "models", "edgevit.conve
 
 DEVICE_SAFE = ("edgevit", "edgevit.errors", "edgevit.metadata", "edgevit.preprocess", "edgevit._text",
                "edgevit._quiet", "edgevit._version", "edgevit.runtimes")
-HOST_PACKAGES = {"torch", "torchvision", "timm", "torchao", "litert_torch", "transformers", "onnxscript", "safetensors"}
+HOST_PACKAGES = {"torch", "torchvision", "timm", "torchao", "litert_torch", "transformers", "onnxscript", "safetensors",
+                 "ray"}  # ray: only in the cluster extra (edgevit.measure.sweep imports it when asked to)
 HOST_MODULES = ("edgevit.converters", "edgevit.models", "edgevit.compress", "edgevit.measure", "edgevit.data",
                 "edgevit.cli", "edgevit._torchvision_compat")
 # (module, imported package): why it is allowed.
