@@ -8,6 +8,7 @@ distillation, pruning, QAT), ``measure`` (profile, bench, eval, results, report)
 measure) need ``pip install 'edgevit[export]'``; device runtimes need one runtime extra each.
 """
 
+from edgevit._torchvision_compat import install_import_hook as _install_import_hook
 from edgevit._version import __version__
 from edgevit.errors import (
     ArtifactError,
@@ -27,6 +28,9 @@ from edgevit.errors import (
     VerificationError,
 )
 from edgevit.metadata import ArtifactMetadata
+
+# `import edgevit; import timm` works on this stack: see edgevit/_torchvision_compat.py.
+_install_import_hook()
 
 __all__ = [
     "ArtifactError",

@@ -6,14 +6,17 @@ fails to load and ``import torchvision`` raises ``operator torchvision::nms does
 torchvision's pure-Python parts. When, and only when, the extension fails to load, this module
 declares the two operator schemas torchvision's Python code registers fake kernels for, so the
 import succeeds; the C++ operators themselves stay unusable (calling ``torchvision.ops.nms``
-raises). Call :func:`ensure_torchvision_importable` before importing timm.
+raises). Call :func:`ensure_torchvision_importable` before importing timm, or rely on the import
+hook that ``import edgevit`` installs (:func:`install_import_hook`): it runs the check the first
+time anything imports torchvision, so ``import edgevit; import timm`` works, and costs a device
+that never imports torchvision nothing (no torch import).
 """
 
 from __future__ import annotations
 
 import sys
 
-__all__ = ["SHIMMED_OPS", "ensure_torchvision_importable", "shim_applied"]
+__all__ = ["SHIMMED_OPS", "ensure_torchvision_importable", "install_import_hook", "shim_applied"]
 
 SHIMMED_OPS = {
     "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
@@ -70,3 +73,30 @@ def ensure_torchvision_importable() -> None:
     for schema in SHIMMED_OPS.values():
         _library.define(schema)
     _state["applied"] = True
+
+
+class _TorchvisionHook:
+    """A ``sys.meta_path`` finder that finds nothing: the first time torchvision is about to be
+    imported it takes itself out and runs :func:`ensure_torchvision_importable`, then lets the
+    normal finders import torchvision."""
+
+    def find_spec(self, fullname, path=None, target=None):  # noqa: ANN001 - importlib's protocol
+        if fullname == "torchvision":
+            _remove_hook()
+            try:
+                ensure_torchvision_importable()
+            except ImportError:  # no torch: torchvision's own import will say so
+                pass
+        return None
+
+
+def _remove_hook() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TorchvisionHook)]
+
+
+def install_import_hook() -> None:
+    """Run :func:`ensure_torchvision_importable` just before torchvision's first import, whoever
+    imports it (timm, the user). Does nothing when torchvision is already imported."""
+    if "torchvision" in sys.modules or any(isinstance(f, _TorchvisionHook) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _TorchvisionHook())

@@ -41,3 +41,22 @@ def test_unknown_target_and_precision():
         conv.make_config("int4")
     with pytest.raises(errors.ConfigError, match="no option"):
         conv.make_config("fp32", options={"bogus": 1})
+
+
+def test_import_edgevit_then_timm_works_without_importing_torch_up_front():
+    """`import edgevit` installs a hook, not torch; timm imported afterwards (directly, as users
+    do) finds torchvision importable on this stack."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import edgevit\n"
+        "assert 'torch' not in sys.modules, 'import edgevit pulled in torch'\n"
+        "import timm\n"
+        "m = timm.create_model('test_vit', pretrained=False)\n"
+        "print(type(m).__name__)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "VisionTransformer"
