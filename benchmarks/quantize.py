@@ -51,6 +51,10 @@ from pathlib import Path
 
 import numpy as np
 
+# On shared or small CPUs OpenMP threads that spin while waiting make torch several times slower
+# (`edgevit` sets the same in its main); before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "quantize.json"
 WEIGHTS = REPO / "models" / "weights"
@@ -119,11 +123,8 @@ def _save(results: dict) -> None:
     (RESULTS.with_suffix(".md")).write_text(render(results))
 
 
-def _split(variant: str) -> tuple[str, dict]:
-    """``int8-naive`` -> (int8, recipe naive)."""
-    if variant == "int8-naive":
-        return "int8", {"recipe": "naive"}
-    return variant, {}
+def _say(message: str) -> None:
+    print(f"[{dt.datetime.now():%H:%M:%S}] {message} ...", flush=True)
 
 
 def _loadavg() -> list[float] | None:
@@ -168,81 +169,57 @@ def _wait_for(pid: int | None) -> None:
         time.sleep(5)
 
 
+def _speed_row(r) -> dict:
+    """A row of :class:`edgevit.measure.quantization.PrecisionTable` as the speed table stores it."""
+    if not r.ok:
+        return {"error": r.error[:400]}
+    ph = r.photos
+    row = {
+        "bytes": r.bytes, "export_seconds": round(r.export_seconds, 1),
+        "photos": {"images": ph["images"], "top1_agreement": round(ph["top1_agreement"], 4),
+                   "cosine_min": round(ph["cosine_min"], 5), "cosine_mean": round(ph["cosine_mean"], 5)},
+        "kept_out_of_int8": r.kept_out_of_int8,
+        "delegated_share": round(r.delegated_share, 4) if r.delegated_share is not None else None,
+    }
+    if r.latency_ms is not None:
+        row["latency_ms"] = round(r.latency_ms, 2)
+        if r.speedup_vs_fp32 is not None:
+            row["speedup_vs_fp32"] = round(r.speedup_vs_fp32, 2)
+        if r.size_vs_fp32 is not None:
+            row["size_vs_fp32"] = round(r.size_vs_fp32, 4)
+    return row
+
+
 def bench_speed(models, targets, runs: int, results: dict, wait_pid: int | None = None) -> None:
-    """Export everything first, then time each model x target group (interleaved), so the timed
-    loops run back to back, away from the exports."""
-    from edgevit.converters import export
-    from edgevit.converters.quantize import compare_latency
-    from edgevit.converters.verify import verify_runtime
-    from edgevit.models import create_model, get_spec
-    from edgevit.runtimes import load
-    from edgevit.data.samples import sample_images
-
-    import torch
-
-    from edgevit.models.weights import save_weights
+    """Export everything first (edgevit.measure.quantization.compare_precisions, untimed), then time
+    each model x target group interleaved (measure_latency), so the timed loops run back to back,
+    away from the exports."""
+    from edgevit.measure.quantization import compare_precisions, measure_latency
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "calibration").mkdir()
         calib = _photo_crops(Path(tmp) / "calibration")
         exported = []
         for model in models:
-            spec = get_spec(model)
-            torch.manual_seed(0)  # one random initialisation, shared by every export and the reference
-            float_model = create_model(model).eval()
-            weights = Path(tmp) / f"{model}.safetensors"
-            save_weights(float_model, weights)
-            photos = sample_images(spec.labels)
             for target in targets:
-                out = Path(tmp) / f"{model}-{target}"
-                paths, rows = {}, {}
-                for variant in TARGET_PRECISIONS[target]:
-                    precision, opts = _split(variant)
-                    with _step(f"{model} {target} {variant}"):
-                        try:
-                            # Random weights give near-uniform logits, so the search's cosine
-                            # target is loosened: the ViT-aware int8 row is its base mix (the
-                            # by-design float ops), the speed a trained model starts from.
-                            options = {**opts, "compare_fp32": False, "min_cosine": 0.5} if precision != "fp32" else None
-                            r = export(model, target, precision, out=out / variant, force=True, verify=False,
-                                       weights=weights, calibration=calib if precision != "fp32" else None,
-                                       options=options)
-                        except Exception as exc:  # record and go on: one failure must not end the run
-                            rows[variant] = {"error": f"{type(exc).__name__}: {str(exc)[:400]}"}
-                            continue
-                    v = verify_runtime(load(r.path, threads=THREADS), float_model, photos, precision)
-                    q = r.details.get("quantization", {})
-                    rows[variant] = {
-                        "bytes": r.bytes, "export_seconds": round(r.seconds, 1),
-                        "photos": {"images": v.n_images, "top1_agreement": round(v.top1_agreement, 4),
-                                   "cosine_min": round(v.cosine_min, 5), "cosine_mean": round(v.cosine_mean, 5)},
-                        "kept_out_of_int8": [g["group"] for g in q.get("mix", {}).get("float", [])] if "mix" in q else None,
-                        "delegated_share": round(r.delegation.share, 4) if r.delegation else None,
-                    }
-                    paths[variant] = r.path
-                exported.append((model, target, paths, rows))
+                # No weights: one seeded random initialisation shared by every export and the reference.
+                # Random weights give near-uniform logits, so the search's cosine target is loosened:
+                # the ViT-aware int8 row is its base mix (the by-design float ops), the speed a trained
+                # model starts from.
+                table = compare_precisions(model, target, TARGET_PRECISIONS[target], calibration=calib,
+                                           options={"min_cosine": 0.5}, out=Path(tmp) / f"{model}-{target}",
+                                           runs=0, threads=THREADS, keep_going=True, on_step=_say)
+                exported.append(table)
         _wait_for(wait_pid)
-        for model, target, paths, rows in exported:
-            if not paths:
-                results["speed"].setdefault(model, {})[target] = rows
-                continue
-            with _step(f"{model} {target} latency ({len(paths)} artifacts interleaved, {runs} runs, {THREADS} threads)"):
-                x = np.zeros(load(next(iter(paths.values())), threads=THREADS).metadata.input_shape(1), np.float32)
-                load_before = _loadavg()
-                latency = compare_latency(paths, target, x, runs=runs, warmup=5, threads=THREADS)
-                timing = {"runs": runs, "warmup": 5, "threads": THREADS, "batch": 1, "interleaved": sorted(paths),
-                          "load_average_before": load_before, "load_average_after": _loadavg(),
-                          "measured": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()}
-            fp32 = rows.get("fp32", {})
-            for variant, row in rows.items():
-                if variant in latency:
-                    row["latency_ms"] = round(latency[variant], 2)
-                    if "latency_ms" in fp32:
-                        row["speedup_vs_fp32"] = round(latency["fp32"] / latency[variant], 2)
-                    if "bytes" in fp32:
-                        row["size_vs_fp32"] = round(row["bytes"] / fp32["bytes"], 4)
-            rows["_timing"] = timing
-            results["speed"].setdefault(model, {})[target] = rows
+        for table in exported:
+            if any(r.ok for r in table.rows):
+                with _step(f"{table.model} {table.target} latency ({sum(r.ok for r in table.rows)} artifacts "
+                           f"interleaved, {runs} runs, {THREADS} threads)"):
+                    measure_latency(table, runs=runs, warmup=5, threads=THREADS)
+            rows = {r.variant: _speed_row(r) for r in table.rows}
+            if table.timing:
+                rows["_timing"] = table.timing
+            results["speed"].setdefault(table.model, {})[table.target] = rows
             _save(results)
 
 
@@ -266,142 +243,57 @@ def _calibration(model: str, results: dict) -> str:
     return f"fashion-mnist:train[{limit}:]" if limit else "fashion-mnist"
 
 
-def _float_margins(float_model, metadata, photos, names) -> dict[str, float]:
-    """``{photo: float top-1 minus top-2 probability, in points}`` for the photos whose class the
-    artifact changed: a small margin is a near-tie in the float model itself."""
-    import torch
-
-    from edgevit.preprocess import preprocess
-
-    out = {}
-    for name, image in photos:
-        if name in names:
-            with torch.no_grad():
-                p = torch.softmax(float_model(torch.from_numpy(preprocess(image, metadata))), 1)[0]
-            top2 = torch.topk(p, 2).values
-            out[name] = round(100 * float(top2[0] - top2[1]), 1)
-    return out
-
-
-def _test_inputs(spec, limit: int | None):
-    import torch
-
-    from edgevit.data import load_dataset
-    from edgevit.compress.training import to_model_input
-
-    ds = load_dataset("fashion-mnist")
-    images, labels = ds.test_images[:limit], ds.test_labels[:limit]
-    with torch.no_grad():
-        x = torch.cat([to_model_input(torch.from_numpy(np.array(images[i : i + 1000])), spec)
-                       for i in range(0, len(images), 1000)])
-    return x.numpy(), np.asarray(labels)
-
-
-def _artifact_predictions(path: Path, target: str, inputs: np.ndarray) -> np.ndarray:
-    """The artifact's top-1 class for every input, through its own runtime (batch 1)."""
-    from edgevit.runtimes import load
-
-    rt = load(path, runtime=target)
-    return np.array([int(rt.run(inputs[i : i + 1])[0].argmax()) for i in range(len(inputs))])
-
-
 def _accuracy_variants(target: str) -> list[str]:
     """naive and ViT-aware int8, then the weight-only / half precisions the target has."""
     return ["int8-naive", "int8"] + [v for v in ("int8-dynamic", "fp16") if v in TARGET_PRECISIONS[target]]
 
 
+def _accuracy_row(r) -> dict:
+    """A row of :class:`edgevit.measure.quantization.PrecisionTable` as the accuracy table stores it."""
+    missed = [{**m, "error": m["error"][:900]} for m in r.missed or []] or None
+    if not r.ok:
+        if missed:
+            return {"error": "target missed at every max_drop tried", "missed": missed}
+        return {"error": r.error[:600]}
+    ph = r.photos
+    return {
+        "top1": round(r.top1, 4), "drop_points": round(r.drop_points, 2), "bytes": r.bytes,
+        "test_agreement": round(r.test_agreement, 4),
+        "photos": {"images": ph["images"], "top1_agreement": round(ph["top1_agreement"], 4),
+                   "cosine_min": round(ph["cosine_min"], 5), "passed": ph["passed"], "flipped": ph["flipped"]},
+        "kept_out_of_int8": r.kept_out_of_int8,
+        "float_by_design": r.float_by_design,
+        "search": r.search,
+        "search_final": r.search_final,
+        "max_drop_used": r.max_drop_used,
+        "min_agreement_used": r.min_agreement_used,
+        "missed": missed,
+        "export_seconds": round(r.export_seconds, 1),
+    }
+
+
 def bench_accuracy(models, targets, max_drop: float, test_limit: int | None, results: dict,
                    min_agreement: float = 0.98, search_images: int = 1000) -> None:
-    import torch
-
-    from edgevit.converters import export
-    from edgevit.converters.quantize import torch_threads
-    from edgevit.converters.verify import verify_runtime
-    from edgevit.errors import ConversionError
-    from edgevit.models import create_model, get_spec
-    from edgevit.runtimes import load
-    from edgevit.data.samples import sample_images
+    """Each trained model x target through edgevit.measure.quantization.compare_precisions on the
+    Fashion-MNIST test split (relax=True: a missed ViT-aware target is measured at looser ones and
+    recorded as a miss)."""
+    from edgevit.measure.quantization import compare_precisions
 
     for kind, model in models.items():
         weights = _weights(model)
         if weights is None:
             print(f"skip {model}: no {WEIGHTS / (model + '.safetensors')} (run `benchmarks/quantize.py train`)")
             continue
-        spec = get_spec(model)
-        float_model = create_model(model, weights=weights).eval()
-        inputs, labels = _test_inputs(spec, test_limit)
-        with torch_threads(1), torch.no_grad():
-            logits = torch.cat([float_model(torch.from_numpy(inputs[i : i + 500])) for i in range(0, len(inputs), 500)])
-        float_pred = logits.argmax(1).numpy()
-        float_top1 = float((float_pred == labels).mean())
-        photos = sample_images(spec.labels)
         calibration = _calibration(model, results)
         for target in targets:
-            row = {"attention": kind, "float_top1": round(float_top1, 4), "test_images": len(labels),
+            table = compare_precisions(
+                model, target, _accuracy_variants(target), weights=weights, data="fashion-mnist", limit=test_limit,
+                calibration=calibration, relax=True, runs=0, threads=THREADS, keep_going=True, on_step=_say,
+                options={"max_drop": max_drop, "min_agreement": min_agreement, "search_images": search_images})
+            row = {"attention": kind, "float_top1": round(table.float_top1, 4), "test_images": table.dataset["n"],
                    "max_drop": max_drop, "min_agreement": min_agreement, "search_images": search_images,
-                   "weights": weights.name,
-                   "calibration": calibration}
-            with tempfile.TemporaryDirectory() as tmp:
-                for variant in _accuracy_variants(target):
-                    precision, opts = _split(variant)
-                    options = {**opts, "compare_fp32": False, "search_images": search_images}
-                    if variant == "int8":
-                        options["min_agreement"] = min_agreement
-                    # int8: the asked target first; if out of reach, looser ones (recorded as a miss).
-                    # (max_drop, min_agreement): the agreement target stays (default 0.98) until the last try.
-                    tries = ([(d, None) for d in sorted({max_drop, max(max_drop, 1.0), max(max_drop, 2.0)})]
-                             + [(max(max_drop, 2.0), 0.0)]) if variant == "int8" else [(None, None)]
-                    missed = []
-                    for i, (drop, agreement) in enumerate(tries):
-                        if drop is not None:
-                            options["max_drop"] = drop
-                        if agreement is not None:
-                            options["min_agreement"] = agreement
-                        label = (f" max_drop={drop}" if drop is not None else "") + (
-                            f" min_agreement={agreement}" if agreement is not None else "")
-                        with _step(f"{model} {target} {variant}{label}"):
-                            try:
-                                r = export(model, target, precision, out=Path(tmp) / f"{variant}-{i}", weights=weights,
-                                           verify=False, calibration=calibration, options=options)
-                                break
-                            except ConversionError as exc:
-                                if "could not meet the fidelity target" not in str(exc):
-                                    row[variant] = {"error": f"{type(exc).__name__}: {str(exc)[:600]}"}
-                                    r = None
-                                    break
-                                # The asked target is out of reach: record why, measure the mix the
-                                # next looser target gives (reported as a miss, never as a pass).
-                                missed.append({"max_drop": drop, "min_agreement": agreement, "error": str(exc)[:900]})
-                                r = None
-                            except Exception as exc:
-                                row[variant] = {"error": f"{type(exc).__name__}: {str(exc)[:600]}"}
-                                r = None
-                                break
-                    if r is None:
-                        if missed and variant not in row:
-                            row[variant] = {"error": "target missed at every max_drop tried", "missed": missed}
-                        continue
-                    with _step(f"{model} {target} {variant} on the test split"):
-                        pred = _artifact_predictions(r.path, target, inputs)
-                        top1 = float((pred == labels).mean())
-                    v = verify_runtime(load(r.path), float_model, photos, precision)
-                    q = r.details.get("quantization", {})
-                    row[variant] = {
-                        "top1": round(top1, 4), "drop_points": round(100 * (float_top1 - top1), 2), "bytes": r.bytes,
-                        "test_agreement": round(float((pred == float_pred).mean()), 4),
-                        "photos": {"images": v.n_images, "top1_agreement": round(v.top1_agreement, 4),
-                                   "cosine_min": round(v.cosine_min, 5), "passed": v.passed,
-                                   "flipped": _float_margins(float_model, load(r.path).metadata, photos,
-                                                             v.disagreements)},
-                        "kept_out_of_int8": [g["group"] for g in q.get("mix", {}).get("float", [])] if "mix" in q else None,
-                        "float_by_design": q.get("float_by_design"),
-                        "search": {k: q["search"][k] for k in ("met", "evaluations", "seconds")} if "search" in q else None,
-                        "search_final": q.get("search", {}).get("final"),
-                        "max_drop_used": options.get("max_drop") if variant == "int8" else None,
-                        "min_agreement_used": options.get("min_agreement", 0.98) if variant == "int8" else None,
-                        "missed": missed or None,
-                        "export_seconds": round(r.seconds, 1),
-                    }
+                   "weights": weights.name, "calibration": calibration}
+            row.update({r.variant: _accuracy_row(r) for r in table.rows})
             results["accuracy"].setdefault(model, {})[target] = row
             _save(results)
 
@@ -460,79 +352,22 @@ def train_models(models, results: dict) -> None:
 # where the int8 time goes: ExecuTorch's per-kernel profile (ETDump) of fp32 vs int8
 
 
-def _etdump_profile(path: Path, shape: tuple, runs: int) -> dict[str, float]:
-    """Median milliseconds per XNNPACK kernel type (summed over its instances) of one ``.pte``,
-    from ExecuTorch's event tracer, single-threaded."""
-    import re
-
-    import torch
-    from executorch.devtools import Inspector
-    from executorch.extension.pybindings import portable_lib
-
-    portable_lib._unsafe_reset_threadpool(1)
-    module = portable_lib._load_for_executorch(str(path), enable_etdump=True, debug_buffer_size=0)
-    x = torch.zeros(shape)
-    for _ in range(runs + 3):
-        module.forward([x])
-    dump = path.with_suffix(".etdp")
-    module.write_etdump_result_to_file(str(dump))
-    frame = Inspector(etdump_path=str(dump)).to_dataframe()
-    frame = frame[frame.event_block_name == "Execute"]
-    kernels: dict[str, float] = {}
-    for name, ms in zip(frame.event_name, frame["p50 (ms)"]):
-        kind = re.sub(r" #\d+$", "", str(name))
-        kernels[kind] = kernels.get(kind, 0.0) + float(ms)
-    return kernels
-
-
-def _kernel_class(kind: str) -> str:
-    """What an XNNPACK kernel event is: an ``int8`` kernel, an ``fp32`` one, an ``elementwise``
-    add/multiply/subtract (XNNPACK's event name does not give their type), a ``convert``
-    (quantize/dequantize), or ``total`` (the events around the kernels)."""
-    if kind in ("Method::execute", "DELEGATE_CALL", "OPERATOR_CALL", "Method::init", "Program::load_method"):
-        return "total"
-    if kind.startswith("Convert"):
-        return "convert"
-    if "QS8" in kind or "X8)" in kind or "QC8)" in kind:
-        return "int8"
-    if kind.startswith(("Multiply", "Add", "Subtract")):
-        return "elementwise"
-    return "fp32"
-
-
 def profile_int8(models, runs: int, results: dict) -> None:
-    """Export fp32 and ViT-aware int8 ExecuTorch programs (one random initialisation) and profile
-    both kernel by kernel: which share of the int8 program's time is still spent in fp32 kernels
-    (XNNPACK's ExecuTorch partitioner takes batch matmul, softmax and sigmoid in fp32 only) and in
-    int8<->fp32 conversions."""
-    import torch
-
-    from edgevit.converters import export
-    from edgevit.models import create_model
-    from edgevit.models.weights import save_weights
+    """fp32 and ViT-aware int8 ExecuTorch programs of one random initialisation, profiled kernel by
+    kernel (edgevit.measure.quantization.profile_precisions): which share of the int8 program's
+    time is still spent in fp32 kernels and in int8<->fp32 conversions."""
+    from edgevit.measure.quantization import profile_precisions
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "calibration").mkdir()
         calib = _photo_crops(Path(tmp) / "calibration")
         for model in models:
-            torch.manual_seed(0)
-            weights = Path(tmp) / f"{model}.safetensors"
-            save_weights(create_model(model).eval(), weights)
-            row = {}
-            for variant in ("fp32", "int8"):
-                with _step(f"{model} executorch {variant} export + profile"):
-                    r = export(model, "executorch", variant, out=Path(tmp) / variant, force=True, verify=False,
-                               weights=weights, calibration=calib if variant == "int8" else None,
-                               options={"compare_fp32": False, "min_cosine": 0.5} if variant == "int8" else None)
-                    from edgevit.runtimes import load
-
-                    shape = load(r.path).metadata.input_shape(1)
-                    kernels = _etdump_profile(r.path, shape, runs)
-                by_class: dict[str, float] = {}
-                for kind, ms in kernels.items():
-                    by_class[_kernel_class(kind)] = by_class.get(_kernel_class(kind), 0.0) + ms
-                row[variant] = {"kernels_ms": {k: round(v, 4) for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])},
-                                "by_class_ms": {k: round(v, 4) for k, v in by_class.items()}}
+            with _step(f"{model} executorch fp32 + int8 export + profile"):
+                profiles = profile_precisions(model, ("fp32", "int8"), calibration=calib, options={"min_cosine": 0.5},
+                                              runs=runs, threads=1, on_step=_say)
+            row = {variant: {"kernels_ms": {k: round(v, 4) for k, v in p.kernels_ms.items()},
+                             "by_class_ms": {k: round(v, 4) for k, v in p.by_class_ms.items()}}
+                   for variant, p in profiles.items()}
             row["_conditions"] = {"runs": runs, "threads": 1, "load_average": _loadavg(),
                                   "measured": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()}
             results.setdefault("profile", {})[model] = row
@@ -711,6 +546,8 @@ def _render_coreml(cm: dict) -> list[str]:
 
 
 def _render_profile(profile: dict) -> list[str]:
+    from edgevit.measure.quantization import kernel_class
+
     lines = ["## Where the int8 time goes: ExecuTorch kernel profile", "",
              f"Reproduce: `{COMMANDS['profile']}`. fp32 and ViT-aware int8 programs of one random initialisation, "
              "profiled kernel by kernel with ExecuTorch's event tracer (ETDump), 1 thread, median per kernel over the "
@@ -729,7 +566,7 @@ def _render_profile(profile: dict) -> list[str]:
         floor = c.get("fp32", 0.0) + c.get("elementwise", 0.0)
         lines.append(f"| {model} | {f32:.2f} | {i8:.2f} | {f32 / i8:.2f}x | {c.get('int8', 0):.2f} | {c.get('fp32', 0):.2f} | "
                      f"{c.get('elementwise', 0):.2f} | {c.get('convert', 0):.2f} | {f32 / floor:.2f}x |")
-        top = [(k, v) for k, v in row["int8"]["kernels_ms"].items() if _kernel_class(k) == "fp32"][:4]
+        top = [(k, v) for k, v in row["int8"]["kernels_ms"].items() if kernel_class(k) == "fp32"][:4]
         cond = row.get("_conditions", {})
         notes.append(f"- {model}: fp32 kernels left in the int8 program: " + ", ".join(f"{k} {v:.2f} ms" for k, v in top)
                      + f" ({cond.get('runs', '?')} runs, load average {cond.get('load_average')}, {cond.get('measured', '?')})")

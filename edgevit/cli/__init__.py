@@ -26,7 +26,7 @@ from edgevit.errors import EdgeVitError
 
 __all__ = ["emit_json", "json_stdout_guard", "main", "print_table"]
 
-_ORDER = ["list", "info", "export", "predict", "verify", "bench", "profile", "eval", "sweep", "train",
+_ORDER = ["list", "info", "export", "predict", "verify", "bench", "profile", "eval", "quantize", "sweep", "train",
           "distill", "prune", "qat", "report", "demo", "quickstart"]
 
 
