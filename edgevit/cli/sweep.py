@@ -51,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=1800, metavar="S", help="seconds per cell (default 1800)")
     p.add_argument("--redo", action="store_true", help="run cells again even when already verified")
     p.add_argument("--bench", action="store_true", help="also benchmark each artifact where it was exported")
+    p.add_argument("--on", metavar="RESOURCE",
+                   help="with --ray: afterwards benchmark the sweep's artifacts on the node carrying RESOURCE "
+                        "(e.g. device:rpi5), recording the device's facts")
     p.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     p.add_argument("--db", metavar="FILE", help="results database (default: ~/.cache/edgevit/results.sqlite)")
     p.add_argument("--no-record", action="store_true",
@@ -115,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = sweep(args.models, args.targets, args.precisions, options, out=args.out, db=args.db,
                    record=not args.no_record, jobs=args.jobs, ray=args.ray, redo=args.redo, pretrained=args.pretrained,
-                   weights=args.weights, calibration=args.calibration, bench=args.bench, threads=args.threads,
+                   weights=args.weights, calibration=args.calibration, bench=args.bench, bench_on=args.on, threads=args.threads,
                    memory_gb=args.memory_gb, timeout=args.timeout, verbose=getattr(args, "verbose", False),
                    progress=progress)
     if args.json:
@@ -126,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
             detail = r.get("error") or (f"cos {r['cosine_min']:.6f}" if r.get("cosine_min") is not None else "")
             if r["status"] == "skipped":
                 detail = f"{r.get('previous')} before"
+            if r.get("device_bench"):
+                detail = f"{detail}; on {r['device_bench']['on']}: median {r['device_bench']['median_ms']:.2f} ms"
             rows.append([safe_text(r["source"]), r["target"], r["precision"],
                          ",".join(f"{k}={v}" for k, v in r["options"].items()) or "-", r["status"],
                          f"{r['wall_s']:.1f}" if r.get("wall_s") else "-", safe_text(str(detail).splitlines()[0][:90])

@@ -527,6 +527,7 @@ def sweep(
     weights: str | os.PathLike | Mapping[str, str | os.PathLike] | None = None,
     calibration: str | None = None,
     bench: bool = False,
+    bench_on: str | None = None,
     bench_runs: int = 10,
     threads: int = 1,
     memory_gb: float | None = None,
@@ -543,8 +544,13 @@ def sweep(
     its memory estimate (``memory_gb`` overrides). Artifacts land under ``out`` (None: not kept);
     every cell is recorded in the results database ``db`` unless ``record=False``. Cells verified
     before (same key, artifact still there) are skipped unless ``redo``. ``progress`` gets a dict
-    per finished cell (``done``, ``total``, ``eta_s``, ``row``).
+    per finished cell (``done``, ``total``, ``eta_s``, ``row``). ``bench`` benchmarks each artifact
+    where it was exported; ``bench_on`` (a custom resource such as ``device:rpi5``; needs ``ray``)
+    ships the sweep's artifacts to the cluster node carrying it afterwards and benchmarks them there
+    (:func:`bench_on`), recording the device's facts.
     """
+    if bench_on and not ray:
+        raise ConfigError("--on RESOURCE benchmarks on a node of a Ray cluster: pass --ray ADDRESS (or auto) too")
     if threads < 1:
         raise ConfigError(f"threads must be >= 1, got {threads}")
     if jobs is not None and jobs < 1:
@@ -570,9 +576,10 @@ def sweep(
             todo.append(cell)
     mode = "ray" if ray else "local"
     n_workers = jobs or default_jobs(threads)
-    if not todo:
-        return SweepReport(rows, time.perf_counter() - t0, mode, n_workers if mode == "local" else 0,
-                           str(out_dir) if out_dir else None)
+    if not todo:  # nothing to export (all skipped or unsupported)
+        report = SweepReport(rows, time.perf_counter() - t0, mode, 0 if mode == "ray" else n_workers,
+                             str(out_dir) if out_dir else None)
+        return _bench_on_device(report, bench_on, ray, bench_runs, threads, db, record)
     with contextlib.ExitStack() as stack:
         ray_mod = stack.enter_context(_ray_connection(ray, verbose)) if mode == "ray" else None
         if ray_mod is not None:
@@ -618,7 +625,29 @@ def sweep(
                 if queue:
                     submit(queue.pop(0))
                     in_flight += 1
-    return SweepReport(rows, time.perf_counter() - t0, mode, n_workers, str(out_dir) if out_dir else None)
+    report = SweepReport(rows, time.perf_counter() - t0, mode, n_workers, str(out_dir) if out_dir else None)
+    return _bench_on_device(report, bench_on, ray, bench_runs, threads, db, record)
+
+
+def _bench_on_device(report: SweepReport, on: str | None, address: str | None, runs: int, threads: int, db: Any,
+                     record: bool) -> SweepReport:
+    """``sweep(bench_on=...)``: the sweep's artifact files benchmarked in one task on the device."""
+    if not on:
+        return report
+    arts = [r for r in report.rows if r.get("artifact") and Path(r["artifact"]).is_file()]
+    if not arts:
+        return report
+    rep = bench_on([r["artifact"] for r in arts], on=on, address=address, threads=threads, warmup=3, runs=runs,
+                   memory_baseline=False, gemm=False)
+    by_path = {row.get("artifact"): row for row in rep.rows}
+    for r in arts:
+        b = by_path.get(r["artifact"]) or {}
+        r["device_bench"] = {"on": on, "node": rep.machine.get("host"), **{k: b.get(k) for k in ("median_ms", "p90_ms")}}
+    if record:
+        from edgevit.measure.results import record_bench
+
+        record_bench(rep.rows, {**rep.machine, "settings": rep.settings}, db=db)
+    return report
 
 
 def _finish(cell: Cell, res: Mapping[str, Any], tries: list[dict[str, Any]], out_dir: Path | None,

@@ -169,6 +169,11 @@ def test_ray_without_ray_installed_names_the_extra(tmp_path, monkeypatch, capsys
     assert "edgevit[cluster]" in capsys.readouterr().err
 
 
+def test_bench_on_a_device_needs_a_cluster(tmp_path):
+    with pytest.raises(ConfigError, match="--ray"):
+        _sweep(tmp_path, models=["vit_fmnist_tiny"], targets=["onnx"], bench_on="device:rpi5")
+
+
 def test_local_sweep_and_the_device_side_never_import_ray():
     code = ("import sys\nfrom edgevit.cli import main\n"
             "assert main(['sweep', 'vit_fmnist_*', '--targets', 'onnx', '--dry-run']) == 0\n"

@@ -238,6 +238,19 @@ def test_bench_on_a_device_node_returns_the_devices_facts(cluster, shared, monke
     assert bench_runs[-1].data["machine"]["ray_node_id"] == device_node
 
 
+@pytest.mark.slow
+def test_sweep_bench_on_a_device(cluster, shared):
+    r = sw.sweep(["vit_fmnist_tiny"], ["onnx"], out=shared["out"], db=shared["db"], ray=cluster["address"],
+                 pretrained=True, bench_on="device:test", bench_runs=3)
+    (row,) = r.rows
+    assert row["status"] in ("skipped", "verified") and row["device_bench"]["on"] == "device:test"
+    assert row["device_bench"]["median_ms"] > 0
+    with ResultsStore(shared["db"]) as store:
+        last = store.runs("bench")[-1]
+    assert last.artifact == row["artifact"] and last.data["machine"]["torch_loaded"] is False
+    assert last.data["machine"]["ray_resource"] == "device:test"
+
+
 def test_bench_on_a_resource_no_node_has_names_what_there_is(cluster, tmp_path):
     from edgevit.errors import ConfigError
 
