@@ -183,7 +183,7 @@ def register_converter(cls: C) -> C:
 
 
 _DISCOVERED = False
-_NOT_TARGETS = {"base", "export", "verify", "rewrites", "quantize", "tflite_delegation", "onnx_fusion"}
+_NOT_TARGETS = {"base", "export", "verify", "rewrites", "rewrites_mobilevit", "quantize", "tflite_delegation", "onnx_fusion"}
 
 
 def _ensure_builtin() -> None:

@@ -29,6 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgevit.converters.rewrites_mobilevit import (
+    EdgeMobileVitBlock,
+    EdgeMobileVitV2Block,
+    MapLinearSelfAttention,
+    MobileVitRewriteError,
+    PatchTokenBlock,
+)
 from edgevit.errors import ConfigError
 
 __all__ = [
@@ -220,6 +227,8 @@ class EdgeRewriteConfig:
     ``static_pos_embed``: a timm ViT built with ``dynamic_img_size`` resamples its position
     embedding in every forward when exported (a bicubic antialiased interpolate no converter lowers,
     the identity at the native size); at its native grid it is switched to the static path.
+    ``mobilevit``: MobileViT (v1, v2) blocks without their unfold/fold transposes, v2's GroupNorm
+    in keep-dims form (with ``attention="bmm"``; :mod:`edgevit.converters.rewrites_mobilevit`).
     """
 
     attention: str = "bmm"
@@ -229,6 +238,7 @@ class EdgeRewriteConfig:
     fold_norms: bool = True
     linear_2d: bool = False
     static_pos_embed: bool = True
+    mobilevit: bool = True
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_FORMS:
@@ -239,7 +249,7 @@ class EdgeRewriteConfig:
     @classmethod
     def off(cls) -> "EdgeRewriteConfig":
         return cls(attention="keep", layer_norm="keep", windows=False, pooling=False, fold_norms=False, linear_2d=False,
-                   static_pos_embed=False)
+                   static_pos_embed=False, mobilevit=False)
 
 
 @dataclasses.dataclass
@@ -361,6 +371,36 @@ def _rows(c: EdgeRewriteConfig) -> bool:
     return c.linear_2d
 
 
+# ---- MobileViT rules (blocks in converters/rewrites_mobilevit.py) --------------------------------
+
+
+def _mobilevit(c: EdgeRewriteConfig) -> bool:
+    return c.mobilevit and c.attention == "bmm"
+
+
+def _mobilevit_build(build: Callable[[nn.Module], nn.Module]) -> Callable[[nn.Module], nn.Module]:
+    """``build``, with a block it cannot take exactly kept and reported (skipped)."""
+
+    def make(src: nn.Module) -> nn.Module:
+        try:
+            return build(src)
+        except MobileVitRewriteError as why:
+            raise _Skip(str(why)) from None
+
+    return make
+
+
+def _mobilevit_rules() -> tuple[_Rule, ...]:
+    return (
+        _Rule("mobilevit_block", ("timm.models.mobilevit:MobileVitBlock",), _mobilevit_build(EdgeMobileVitBlock),
+              _mobilevit, True),
+        _Rule("mobilevit_v2_block", ("timm.models.mobilevit:MobileVitV2Block",),
+              _mobilevit_build(EdgeMobileVitV2Block), _mobilevit, True),
+    )
+
+# ---- end of the MobileViT rules ------------------------------------------------------------------
+
+
 # transformers' ViT-family self-attention: the same q/k/v/o projections and attention-interface
 # forward as ViTAttention in the installed 5.x (tests/test_rewrites_any_vit.py checks the sources).
 HF_VIT_ATTENTION = (
@@ -389,6 +429,7 @@ def _rules() -> tuple[_Rule, ...]:
               functools.partial(EdgeHfPatchMerging, norm_first=True), _windows),
         _Rule("hf_swinv2_patch_merging", ("transformers.models.swinv2.modeling_swinv2:Swinv2PatchMerging",),
               functools.partial(EdgeHfPatchMerging, norm_first=False), _windows),
+        *_mobilevit_rules(),
         _Rule("attention", ("timm.layers.attention:Attention",), BmmAttention, _bmm, True),
         _Rule("edgevit_full_attention", ("edgevit.models.attention:FullAttention",), BmmTokenAttention,
               _bmm, True),
@@ -1498,6 +1539,7 @@ _ATTENTION_FORMS: tuple[type, ...] = (
     BmmLiteMLA, BmmLevitAttention, BmmLevitAttentionDownsample, BmmAttention2d, BmmAttention2dDownsample,
     BmmClassAttention, BmmTalkingHeadAttention, BmmCrossCovarianceAttention, HfBmmAttention, EdgeHfSwinLayer,
     EdgeHfSwinV2Layer, EdgeLinearSelfAttention,
+    EdgeMobileVitBlock, PatchTokenBlock, EdgeMobileVitV2Block, MapLinearSelfAttention,  # MobileViT rules
 )
 
 
