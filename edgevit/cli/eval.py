@@ -24,7 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifacts", nargs="*", metavar="ARTIFACT", help="exported artifacts to evaluate")
     p.add_argument("--data", required=True, metavar="DIR|DATASET",
                    help="fashion-mnist, digits, a folder of IDX files or an image folder")
-    p.add_argument("--split", choices=["test", "train"], default="test", help="which split (default test)")
+    p.add_argument("--split", choices=["test", "train", "all"], default="test",
+                   help="which split (default test: held-out images; an image folder without train/ and test/ "
+                        "holds out the same images `edgevit train` does)")
     p.add_argument("--limit", type=int, metavar="N", help="evaluate the first N images only")
     p.add_argument("--float", dest="float_model", metavar="MODEL", help="also evaluate this model in torch (catalog name, timm:NAME, hf:ORG/NAME or a folder)")
     add_weights_arguments(p)
@@ -68,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     d = report.dataset
     print(f"dataset {d['name']} ({d['split']} split, {d['n']} images, {len(d['classes'])} classes)")
+    if d.get("split_note"):
+        print(f"  {d['split']} split: {d['split_note']}")
     rows = []
     for r in report.rows:
         agree = r.get("agreement_top1")

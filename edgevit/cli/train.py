@@ -75,6 +75,18 @@ def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
+    shown: list[str] = []
+
+    def describe(lines: list[str], warnings: list[str]) -> None:
+        if args.json:
+            return
+        for line in lines:
+            print(line)
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        shown.extend(warnings)
+        sys.stdout.flush()
+
     with json_stdout_guard(args.json):
         result = train(
             args.model,
@@ -99,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             grad_checkpointing=args.grad_checkpointing,
             progress=progress_enabled(args),
             on_epoch_end=report,
+            on_data=describe,
         )
     if args.json:
         emit_json(result.to_dict())
@@ -109,5 +122,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  weights {result.weights}")
         print(f"  record  {result.record}")
         for w in result.warnings:
-            print(f"  warning: {w}")
+            if w not in shown:
+                print(f"  warning: {w}")
     return 0

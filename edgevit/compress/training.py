@@ -109,6 +109,57 @@ class TrainResult:
 # ----------------------------------------------------------------------------------------------
 
 
+def describe_training_data(ds: Dataset, spec: Any, data: Any = None, train_limit: int | None = None,
+                           test_limit: int | None = None) -> tuple[list[str], list[str]]:
+    """What training on ``ds`` will do, in words: the split sizes and how the split was made, the
+    class names, and the conversion from the data's images to ``spec``'s input. The second list
+    warns when the model's input does not suit the data (colour photos into a small grayscale
+    model), naming better catalog choices."""
+    from edgevit.data.datasets import sample_image_properties
+
+    lines: list[str] = []
+    warnings: list[str] = []
+    folder = Path(os.fspath(data)) if isinstance(data, (str, os.PathLike)) and Path(os.fspath(data)).is_dir() else None
+    if folder is not None and any((folder / n).is_dir() for n in ("train", "training")):
+        how = "its train/ and test/ folders"
+    elif folder is not None:
+        how = "every 5th image of each class held out for testing (no train/ and test/ folders)"
+    else:
+        how = "the dataset's own train/test split"
+    limits = ", ".join(f"{k} limited to the first {v:,}" for k, v in (("train", train_limit), ("test", test_limit)) if v)
+    lines.append(f"data: {ds.name}: {len(ds.train_labels):,} train / {len(ds.test_labels):,} test images, {how}"
+                 + (f" ({limits})" if limits else ""))
+    shown = ", ".join(ds.classes[:12]) + (f", ... ({len(ds.classes)} in all)" if len(ds.classes) > 12 else "")
+    lines.append(f"classes ({len(ds.classes)}): {shown}")
+    target = f"{spec.input_size[0]}x{spec.input_size[1]} {'grayscale' if spec.color_mode == 'L' else 'RGB'}"
+    props = sample_image_properties(folder) if folder is not None else None
+    if props is not None:
+        colour, (w, h) = props
+        source = f"{'colour' if colour else 'grayscale'} images (e.g. {w}x{h})"
+        lines.append(f"conversion: {source} -> {target} for {spec.name} (shorter side resized, centre-cropped)")
+    else:
+        shape = ds.image_shape
+        source = f"{shape[1]}x{shape[0]} {'RGB' if len(shape) == 3 else 'grayscale'}"
+        same = (tuple(shape[:2]) == tuple(spec.input_size)) and ((len(shape) == 3) == (spec.color_mode == "RGB"))
+        lines.append(f"conversion: none ({source} is {spec.name}'s input)" if same else
+                     f"conversion: {source} -> {target} for {spec.name} (resized, colour converted, per batch)")
+        colour, (w, h) = len(shape) == 3, (shape[1], shape[0])
+    if spec.color_mode == "L" and colour and max(w, h) >= 2 * max(spec.input_size):
+        warnings.append(
+            f"{spec.name} takes {target} images; your data is colour at {w}x{h}, so colour and most detail are "
+            f"thrown away. A model for photos suits it better: {', '.join(_photo_models())}")
+    return lines, warnings
+
+
+def _photo_models(n: int = 3) -> list[str]:
+    """Small RGB catalog transformers with trained weights, cheapest first."""
+    from edgevit.models import get_spec, list_models
+
+    specs = [get_spec(m) for m in list_models(builtin_only=True)]
+    fits = [s for s in specs if s.color_mode == "RGB" and s.has_pretrained and s.gmacs > 0 and s.attention != "cnn"]
+    return [s.name for s in sorted(fits, key=lambda s: s.gmacs)[:n]]
+
+
 def train(
     model_name: str,
     data: str | os.PathLike | Dataset = "fashion-mnist",
@@ -134,6 +185,7 @@ def train(
     grad_checkpointing: bool = False,
     progress: bool | None = None,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    on_data: Callable[[list[str], list[str]], None] | None = None,
 ) -> TrainResult:
     """Train catalog model ``model_name`` on ``data`` and write its weights to ``out``.
 
@@ -147,8 +199,9 @@ def train(
     all cores, ``device`` to CUDA when available. ``grad_checkpointing`` recomputes the blocks'
     activations in the backward pass (less memory, more compute; the same losses) and needs a
     model with ``set_grad_checkpointing`` (:class:`ConfigError` otherwise). ``progress`` shows a
-    tqdm bar (default: when stderr is a terminal). ``on_epoch_end`` is called with each epoch's record after its
-    checkpoint is written. ``resume`` continues from ``out/checkpoint.*`` with the same
+    tqdm bar (default: when stderr is a terminal). ``on_data(lines, warnings)`` is called once the
+    data is loaded, before training, with :func:`describe_training_data`'s account of it.
+    ``on_epoch_end`` is called with each epoch's record after its checkpoint is written. ``resume`` continues from ``out/checkpoint.*`` with the same
     settings; without it an existing checkpoint in ``out`` is only replaced with ``force``.
     """
     import torch
@@ -187,7 +240,9 @@ def train(
     if len(ds.test_labels) == 0:
         raise DataError(f"{ds.name}: the test split is empty; add a test/ folder or more images per class")
 
-    warnings: list[str] = []
+    data_lines, warnings = describe_training_data(ds, spec, data, train_limit, test_limit)
+    if on_data is not None:
+        on_data(data_lines, list(warnings))
     with torch_settings(threads, deterministic):
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)

@@ -122,6 +122,17 @@ class _Selection:
         return cls(m["source"], m["split"], int(start) if start else 0, int(stop) if stop else None)
 
 
+def _plain_image_folder(source: str | os.PathLike) -> bool:
+    """A folder of class sub-folders without train/test sub-folders (and not IDX files)."""
+    from pathlib import Path
+
+    path = Path(os.fspath(source)).expanduser()
+    if not path.is_dir() or any(path.glob("train-images*idx3*")):
+        return False
+    names = {p.name.lower() for p in path.iterdir() if p.is_dir()}
+    return not names & {"train", "training", "test", "val", "validation", "valid"}
+
+
 def _labelled_source(source: str | os.PathLike, count: int, labels: Sequence[str]):
     """(images, labels or None, split, note) from a dataset name, IDX folder or class folders,
     with an optional ``:split[start:stop]`` selection."""
@@ -139,6 +150,9 @@ def _labelled_source(source: str | os.PathLike, count: int, labels: Sequence[str
             )
         data = data.slice(0, count)
         split = f"{sel.split}[{sel.start}:{'' if sel.stop is None else sel.stop}]"
+    elif _plain_image_folder(source):
+        data = load_eval_set(source, split="all", limit=count)  # calibration may use every image
+        split = data.split
     else:
         try:
             data = load_eval_set(source, split="train", limit=count)

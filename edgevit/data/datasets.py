@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from edgevit.errors import DataError, ImageError
 
@@ -355,6 +356,39 @@ def _stack(images: list[np.ndarray], folder: Path) -> np.ndarray:
     return np.stack(images)
 
 
+def sample_image_properties(folder: str | os.PathLike | None, limit: int = 16) -> tuple[bool, tuple[int, int]] | None:
+    """``(colour, (width, height))`` of the images of an image folder, from its first ``limit``
+    files (headers only): colour when any of them is, the largest size seen. None for a folder
+    without readable images (or not a folder)."""
+    if folder is None or not Path(folder).is_dir():
+        return None
+    colour, size, seen = False, (0, 0), 0
+    for f in sorted(Path(folder).rglob("*")):
+        if seen >= limit:
+            break
+        if not f.is_file() or f.suffix.lower() not in IMAGE_SUFFIXES or f.name.startswith("."):
+            continue
+        try:
+            with Image.open(f) as img:
+                colour = colour or img.mode not in ("1", "L", "LA", "I", "I;16", "F")
+                size = max(size, img.size, key=lambda s: s[0] * s[1])
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+        seen += 1
+    return (colour, size) if seen else None
+
+
+def held_out_indices(n: int, test_fraction: float = 0.2) -> list[int]:
+    """Which of a class's ``n`` images (sorted by path) an image folder without train/test
+    sub-folders holds out for testing: every ``round(1/test_fraction)``-th one (the last one when
+    there are fewer), none when the class has a single image. ``edgevit train`` trains on the rest
+    and ``edgevit eval`` scores these, so the two agree on what is held out."""
+    every = max(2, round(1 / test_fraction))
+    if n < 2:
+        return []
+    return list(range(every - 1, n, every)) if n >= every else [n - 1]
+
+
 def load_image_folder(
     folder: str | os.PathLike,
     image_size: tuple[int, int] | None = None,
@@ -397,13 +431,11 @@ def load_image_folder(
         dirs = _class_dirs(root)
         classes = tuple(d.name for d in dirs)
         x, y, bad = _read_split(dirs, classes, size, color_mode)
-        every = max(2, round(1 / test_fraction))
         y_arr = np.asarray(y, dtype=np.int64)
         test_mask = np.zeros(len(y_arr), dtype=bool)
         for c in range(len(classes)):
             idx = np.flatnonzero(y_arr == c)
-            if len(idx) >= 2:
-                test_mask[idx[every - 1 :: every] if len(idx) >= every else idx[-1:]] = True
+            test_mask[idx[held_out_indices(len(idx), test_fraction)]] = True
         tr_x = [a for a, t in zip(x, test_mask) if not t]
         te_x = [a for a, t in zip(x, test_mask) if t]
         tr_y, te_y = list(y_arr[~test_mask]), list(y_arr[test_mask])

@@ -26,13 +26,15 @@ class EvalSet:
     classes: tuple[str, ...]
     split: str = "test"
     source: str = ""
+    note: str = ""  # what the split is, in words (held-out images, or images a model was trained on)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def slice(self, start: int = 0, stop: int | None = None) -> EvalSet:
         """Images ``start:stop`` (Python slice bounds) as a new set."""
-        return EvalSet(self.name, self.images[start:stop], self.labels[start:stop], self.classes, self.split, self.source)
+        return EvalSet(self.name, self.images[start:stop], self.labels[start:stop], self.classes, self.split, self.source,
+                       self.note)
 
 
 def _norm(text: str) -> str:
@@ -81,13 +83,45 @@ def _round_robin(per_class: list[list[Path]]) -> list[tuple[Path, int]]:
     return out
 
 
+def load_eval_set(data: str | os.PathLike, split: str = "test", limit: int | None = None) -> EvalSet:
+    """The labelled images of ``data`` (dataset name, IDX folder or image folder), ``split``
+    (``test``: held-out images, ``train`` or ``all``), the first ``limit`` of them (classes interleaved for folders)."""
+    if split not in ("test", "train", "all"):
+        raise ConfigError(f"split must be 'test', 'train' or 'all', got {split!r}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    from edgevit.data.datasets import load_dataset
+
+    path = Path(os.fspath(data)).expanduser()
+    is_idx = path.is_dir() and any(path.glob("train-images*idx3*"))
+    if path.is_dir() and not is_idx:
+        ds = _image_folder(path, split)
+    else:
+        d = load_dataset(data)
+        if split == "all":
+            images = np.concatenate([d.train_images, d.test_images])
+            labels = np.concatenate([d.train_labels, d.test_labels])
+        else:
+            images = d.test_images if split == "test" else d.train_images
+            labels = d.test_labels if split == "test" else d.train_labels
+        ds = EvalSet(d.name, images, np.asarray(labels, dtype=np.int64), tuple(d.classes), split, d.source,
+                     _split_note(split, True))
+    if len(ds) == 0:
+        raise DataError(f"{data}: the {split} split is empty")
+    if limit is not None and limit < len(ds):
+        ds = ds.slice(0, limit)
+    return ds
+
+
 def _image_folder(root: Path, split: str) -> EvalSet:
-    from edgevit.data.datasets import IMAGE_SUFFIXES
+    from edgevit.data.datasets import IMAGE_SUFFIXES, held_out_indices
 
     subdirs = {p.name.lower(): p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
-    names = {"test": ("test", "val", "validation", "valid"), "train": ("train", "training")}[split]
+    names = {"test": ("test", "val", "validation", "valid"), "train": ("train", "training"), "all": ()}[split]
     split_dir = next((subdirs[n] for n in names if n in subdirs), None)
     has_splits = any(n in subdirs for n in ("train", "training", "test", "val", "validation", "valid"))
+    if has_splits and split == "all":
+        raise DataError(f"{root} has split folders; evaluate --split test or --split train")
     base = split_dir if split_dir is not None else root
     if has_splits and split_dir is None:
         raise DataError(f"{root} has split folders but no {split!r} split ({', '.join(names)})")
@@ -101,38 +135,33 @@ def _image_folder(root: Path, split: str) -> EvalSet:
         )
         if not files:
             raise DataError(f"class folder {d} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        if split_dir is None and split != "all":
+            # No split folders: the images `edgevit train` holds out of this folder are the test
+            # split, the rest the train split (the same rule, datasets.held_out_indices).
+            held = set(held_out_indices(len(files)))
+            files = [f for i, f in enumerate(files) if (i in held) == (split == "test")]
         per_class.append(files)
+    if not any(per_class):
+        raise DataError(f"{root}: the {split} split is empty (each class needs at least two images to hold one out)")
     pairs = _round_robin(per_class)
     return EvalSet(
         name=root.name,
         images=[p for p, _ in pairs],
         labels=np.asarray([c for _, c in pairs], dtype=np.int64),
         classes=tuple(d.name for d in class_dirs),
-        split=split if split_dir is not None else "all",
+        split=split,
         source=str(root),
+        note=_split_note(split, split_dir is not None),
     )
 
 
-def load_eval_set(data: str | os.PathLike, split: str = "test", limit: int | None = None) -> EvalSet:
-    """The labelled images of ``data`` (dataset name, IDX folder or image folder), ``split``
-    (``test`` or ``train``), the first ``limit`` of them (classes interleaved for folders)."""
-    if split not in ("test", "train"):
-        raise ConfigError(f"split must be 'test' or 'train', got {split!r}")
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {limit}")
-    from edgevit.data.datasets import load_dataset
-
-    path = Path(os.fspath(data)).expanduser()
-    is_idx = path.is_dir() and any(path.glob("train-images*idx3*"))
-    if path.is_dir() and not is_idx:
-        ds = _image_folder(path, split)
-    else:
-        d = load_dataset(data)
-        images = d.test_images if split == "test" else d.train_images
-        labels = d.test_labels if split == "test" else d.train_labels
-        ds = EvalSet(d.name, images, np.asarray(labels, dtype=np.int64), tuple(d.classes), split, d.source)
-    if len(ds) == 0:
-        raise DataError(f"{data}: the {split} split is empty")
-    if limit is not None and limit < len(ds):
-        ds = ds.slice(0, limit)
-    return ds
+def _split_note(split: str, from_folders: bool) -> str:
+    if split == "test":
+        return ("held out: images a model trained on the train split has not seen" if from_folders else
+                "held out: every 5th image of each class, the ones `edgevit train` keeps out of training "
+                "(--split all scores every image of a folder no model was trained on)")
+    if split == "train":
+        return ("these are training images: a model trained on this data has seen them, so top-1 overstates "
+                "its accuracy; --split test scores held-out images")
+    return ("every image, training ones included: a model trained on this data has seen most of them; "
+            "--split test scores held-out images only")

@@ -134,7 +134,7 @@ def evaluate(
                 row["note"] = "random-init weights: the float model and the artifact are different random models"
         rows.append(row)
     dataset = {"name": evalset.name, "split": evalset.split, "n": len(evalset), "classes": list(evalset.classes),
-               "source": evalset.source}
+               "source": evalset.source, "split_note": evalset.note}
     return EvalReport(rows, dataset)
 
 
@@ -142,14 +142,16 @@ def _float_runner(model: str, pretrained: bool, weights: str | os.PathLike | Non
     import torch
 
     from edgevit.converters.export import build_metadata
-    from edgevit.models import create_model, get_spec
+    from edgevit.models.sources import load_model
     from edgevit.preprocess import preprocess
 
     if threads:
         torch.set_num_threads(threads)
-    spec = get_spec(model)
-    net = create_model(model, pretrained=pretrained, weights=weights)
-    meta = build_metadata(spec, "torch", "fp32", spec.label_names(), net.edgevit_weights)
+    # load_model sizes the head from the checkpoint (a model fine-tuned on other classes) and
+    # brings the class names it stores.
+    resolved = load_model(model, pretrained=pretrained, weights=weights)
+    spec, net = resolved.spec, resolved.module
+    meta = build_metadata(spec, "torch", "fp32", resolved.labels, net.edgevit_weights)
 
     def predict(img: Any) -> np.ndarray:
         x = torch.from_numpy(preprocess(img, meta))

@@ -115,7 +115,8 @@ def test_eval_image_folder_and_cli(tmp_path_factory, tmp_path, capsys):
             picked.append((path, cls))
     capsys.readouterr()
     db = tmp_path / "r.sqlite"
-    assert main(["eval", str(art), "--data", str(root), "--db", str(db), "--json"]) == 0
+    # a folder no model was trained on: every image (the default, test, is the 1 in 5 train holds out)
+    assert main(["eval", str(art), "--data", str(root), "--split", "all", "--db", str(db), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     (row,) = out["rows"]
     assert out["dataset"]["n"] == 12 and row["n"] == 12
@@ -125,6 +126,6 @@ def test_eval_image_folder_and_cli(tmp_path_factory, tmp_path, capsys):
         (stored,) = store.runs("eval")
         assert stored.model == "vit_fmnist_tiny" and stored.data["correct_top1"] == c1
     # --limit keeps every class represented (round robin over the folders).
-    assert sorted(set(load_eval_set(root, limit=4).labels.tolist())) == [0, 1, 2, 3]
+    assert sorted(set(load_eval_set(root, "all", limit=4).labels.tolist())) == [0, 1, 2, 3]
     assert main(["eval", str(art), "--data", str(root), "--limit", "4", "--no-record"]) == 0
     assert "top-1 %" in capsys.readouterr().out
