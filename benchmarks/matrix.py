@@ -1,6 +1,6 @@
 """The full support matrix: every catalog model x every target at fp32, exported and verified.
 
-A thin call to ``edgevit sweep`` (:func:`edgevit.measure.sweep.sweep`): every cell an export in
+A thin call to ``edgevit sweep`` (:func:`edgevit.sweep.sweep`): every cell an export in
 its own process (isolation from converter crashes, a time limit each), in parallel locally or as
 tasks of a Ray cluster (``--ray auto``). Results go to ``models/support.json`` (read by
 ``edgevit list --targets`` and the README's support table: ``python -m edgevit.measure.support
@@ -59,8 +59,9 @@ def support_entry(row: dict, seeded: bool) -> dict:
 
 
 def main() -> int:
-    from edgevit.measure.sweep import sweep
     from edgevit.models import list_models
+
+    from edgevit.sweep import sweep
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="*", help="comma-separated globs on model names")
@@ -79,7 +80,7 @@ def main() -> int:
 
     models = [m for m in list_models(builtin_only=True) if any(fnmatch.fnmatch(m, g) for g in args.models.split(","))]
     if args.dry_run:
-        from edgevit.measure.sweep import plan
+        from edgevit.sweep import plan
 
         cells, unsupported, _ = plan(models, args.targets, ["fp32"])
         print(f"{len(models)} models, {len(cells)} cells ({len(unsupported)} unsupported): {models}")

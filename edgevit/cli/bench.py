@@ -58,10 +58,10 @@ def run(args: argparse.Namespace) -> int:
         if progress_enabled(args):
             print(f"  running {msg} ...", file=sys.stderr, flush=True)
 
-    if args.on:  # on a device of the Ray cluster (edgevit.measure.sweep)
+    if args.on:  # on a device of the Ray cluster (edgevit.sweep)
         import functools
 
-        from edgevit.measure.sweep import bench_on
+        from edgevit.sweep import bench_on
 
         bench = functools.partial(bench_on, on=args.on)
     with json_stdout_guard(args.json):

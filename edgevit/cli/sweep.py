@@ -85,9 +85,8 @@ def _duration(seconds: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from edgevit._text import safe_text
-    from edgevit.cli import emit_json, print_table
-    from edgevit.cli._common import progress_enabled
-    from edgevit.measure.sweep import plan, sweep
+    from edgevit.cli import emit_json, json_stdout_guard, print_table
+    from edgevit.sweep import plan, sweep
 
     options = _options(args.option)
     if args.dry_run:
@@ -103,10 +102,10 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{c.label}: not supported ({safe_text(why)})")
             print(f"{len(cells)} cell(s) to run, {len(unsupported)} unsupported")
         return 0
-    tty = progress_enabled(args)
+    tty = sys.stderr.isatty()
 
-    def progress(info: dict[str, Any]) -> None:
-        if args.json:
+    def progress(info: dict[str, Any]) -> None:  # on stderr: with --json too when it is a terminal
+        if args.json and not tty:
             return
         row = info["row"]
         line = (f"{_bar(info['done'], info['total'])} {info['done']}/{info['total']}  ETA {_duration(info['eta_s'])}  "
@@ -116,11 +115,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(line, file=sys.stderr, flush=True)
 
-    report = sweep(args.models, args.targets, args.precisions, options, out=args.out, db=args.db,
-                   record=not args.no_record, jobs=args.jobs, ray=args.ray, redo=args.redo, pretrained=args.pretrained,
-                   weights=args.weights, calibration=args.calibration, bench=args.bench, bench_on=args.on, threads=args.threads,
-                   memory_gb=args.memory_gb, timeout=args.timeout, verbose=getattr(args, "verbose", False),
-                   progress=progress)
+    with json_stdout_guard(args.json):  # nothing but the JSON document on stdout
+        report = sweep(args.models, args.targets, args.precisions, options, out=args.out, db=args.db,
+                       record=not args.no_record, jobs=args.jobs, ray=args.ray, redo=args.redo,
+                       pretrained=args.pretrained, weights=args.weights, calibration=args.calibration,
+                       bench=args.bench, bench_on=args.on, threads=args.threads, memory_gb=args.memory_gb,
+                       timeout=args.timeout, verbose=getattr(args, "verbose", False), progress=progress)
     if args.json:
         emit_json(report.to_dict())
     else:

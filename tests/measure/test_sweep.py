@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import edgevit.measure.sweep as sw
+import edgevit.sweep as sw
+import edgevit.sweep.cell as sweep_cell
 from edgevit.errors import ConfigError
 from edgevit.measure.results import ResultsStore
 
@@ -45,7 +46,7 @@ FAKE_CHILD = textwrap.dedent(r"""
 def fake_child(tmp_path, monkeypatch):
     script = tmp_path / "fake_child.py"
     script.write_text(FAKE_CHILD)
-    monkeypatch.setattr(sw, "_child_command", lambda spec_file: [sys.executable, str(script), str(spec_file)])
+    monkeypatch.setattr(sweep_cell, "child_command", lambda spec_file: [sys.executable, str(script), str(spec_file)])
     return script
 
 
@@ -92,8 +93,10 @@ def test_cell_key_changes_with_every_input_and_only_then(tmp_path):
     assert sw.plan(["vit_fmnist_tiny"], ["onnx"], weights=a)[0][0].key == sw.plan(["vit_fmnist_tiny"], ["onnx"], weights=b)[0][0].key
     b.write_bytes(b"other")
     assert sw.plan(["vit_fmnist_tiny"], ["onnx"], weights=a)[0][0].key != sw.plan(["vit_fmnist_tiny"], ["onnx"], weights=b)[0][0].key
-    # shipped trained weights are keyed by their file's digest
+    # shipped trained weights are keyed by their file's digest; a model without any is refused up front
     assert sw.plan(["vit_fmnist_tiny"], ["onnx"], pretrained=True)[0][0].weights.startswith("sha256:")
+    with pytest.raises(ConfigError, match="vit_fmnist_full has no pretrained weights"):
+        sw.plan(["vit_fmnist_full"], ["onnx"], pretrained=True)
 
 
 def test_local_sweep_publishes_records_and_resumes(tmp_path, fake_child):
@@ -149,7 +152,7 @@ def test_a_crash_is_retried_once_and_then_recorded_as_verified(tmp_path, fake_ch
 
 
 def test_a_hung_cell_times_out(tmp_path, monkeypatch):
-    monkeypatch.setattr(sw, "_child_command", lambda spec: [sys.executable, "-c", "import time; print('stuck'); time.sleep(60)"])
+    monkeypatch.setattr(sweep_cell, "child_command", lambda spec: [sys.executable, "-c", "import time; print('stuck'); time.sleep(60)"])
     r = _sweep(tmp_path, models=["vit_fmnist_tiny"], targets=["onnx"], timeout=2)
     (row,) = r.rows
     assert row["status"] == "timeout" and row["attempts"] == 1 and "stuck" in row["log_tail"]
@@ -177,20 +180,22 @@ def test_bench_on_a_device_needs_a_cluster(tmp_path):
 def test_local_sweep_and_the_device_side_never_import_ray():
     code = ("import sys\nfrom edgevit.cli import main\n"
             "assert main(['sweep', 'vit_fmnist_*', '--targets', 'onnx', '--dry-run']) == 0\n"
-            "import edgevit.measure.sweep\nassert 'ray' not in sys.modules, 'ray imported'\nprint('no ray')")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+            "import edgevit.sweep, edgevit.sweep.cluster\nassert 'ray' not in sys.modules, 'ray imported'\nprint('no ray')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0 and "no ray" in proc.stdout, proc.stderr[-2000:]
 
 
-def test_the_module_top_imports_only_the_standard_library_and_the_device_safe_core():
+def test_the_modules_tops_import_only_the_standard_library_and_the_device_safe_core():
     import ast
 
-    tree = ast.parse(Path(sw.__file__).read_text())
-    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    names = {(n.module if isinstance(n, ast.ImportFrom) else n.names[0].name).split(".")[0] for n in top}
-    edgevit_mods = {n.module for n in top if isinstance(n, ast.ImportFrom) and n.module.startswith("edgevit")}
-    assert "ray" not in names and "torch" not in names
-    assert edgevit_mods <= {"edgevit._version", "edgevit.errors"}
+    files = sorted(Path(sw.__file__).parent.glob("*.py"))
+    assert [f.stem for f in files] == ["__init__", "cell", "cluster", "driver", "plan"]
+    for f in files:
+        top = [n for n in ast.parse(f.read_text()).body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        names = {(n.module if isinstance(n, ast.ImportFrom) else n.names[0].name).split(".")[0] for n in top}
+        edgevit_mods = {n.module for n in top if isinstance(n, ast.ImportFrom) and n.module.startswith("edgevit")}
+        assert "ray" not in names and "torch" not in names, f
+        assert all(m in ("edgevit._version", "edgevit.errors") or m.startswith("edgevit.sweep.") for m in edgevit_mods), f
 
 
 def test_cli_dry_run_and_json(tmp_path, fake_child, capsys):
