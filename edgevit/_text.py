@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["safe_text"]
+__all__ = ["distinct_names", "safe_text"]
 
 # C0 controls (newline and tab included: one label must stay one line), DEL, C1 controls, the
 # line/paragraph separators, and the bidirectional formatting characters (embeddings, overrides,
@@ -34,3 +34,22 @@ def safe_text(value: object) -> str:
     """
     return _UNSAFE.sub(_escape, str(value))
 
+
+
+def distinct_names(paths: list[str]) -> list[str]:
+    """Short display names for ``paths``: the file name, or as many trailing folders as it takes
+    to tell two files of one name apart (``a/model.onnx`` and ``b/model.onnx``)."""
+    from pathlib import PurePath
+
+    parts = [PurePath(p).parts for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        shown = ["/".join(pp[-d:]) for pp, d in zip(parts, depth)]
+        clashes = {n for n in shown if shown.count(n) > 1}
+        grown = False
+        for i, n in enumerate(shown):
+            if n in clashes and depth[i] < len(parts[i]):
+                depth[i] += 1
+                grown = True
+        if not grown:
+            return shown

@@ -138,10 +138,11 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
 
 
 def format_bytes(n: int) -> str:
+    """Decimal units, as everywhere in edgevit: 1 KB = 10^3 bytes, 1 MB = 10^6."""
     for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
+        if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+        n /= 1000
     return f"{n} B"
 
 

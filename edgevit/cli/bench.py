@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifacts", nargs="*", metavar="ARTIFACT", help="exported artifacts (.tflite, .onnx, .pte, ...)")
     p.add_argument("--torch", action="append", default=[], metavar="MODEL",
                    help="also time this model in torch eager (repeatable): a catalog name, timm:NAME, hf:ORG/NAME or a folder")
-    p.add_argument("--torch-pretrained", action="store_true",
+    p.add_argument("--torch-pretrained", "--pretrained", dest="torch_pretrained", action="store_true",
                    help="build the --torch models with their catalog weights (their top-1 then matches "
                         "artifacts exported with --pretrained; latency does not depend on it)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for every runtime and the GEMM (default 2)")
@@ -35,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", metavar="FILE", help="photo to classify (default: a bundled real photo)")
     p.add_argument("--format", choices=["table", "json", "csv", "md"], default="table",
                    help="output format (default table; --json is the same as --format json)")
+    p.add_argument("--wide", action="store_true",
+                   help="every column (load, cold start, RSS delta, bare interpreter, GMACs, ...); the default "
+                        "table fits 120 characters; CSV and JSON always carry everything")
     p.add_argument("--out", metavar="FILE", help="also write the output to FILE in --format")
     p.add_argument("--no-memory-baseline", action="store_true",
                    help="skip the bare ai-edge-litert interpreter run of .tflite artifacts")
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         record_bench(report.rows, {**report.machine, "settings": report.settings}, db=args.db)
     fmt = "json" if args.json else args.format
     # Model names and paths come from the artifacts: no terminal control in a human table.
-    text = format_bench(report if fmt == "json" else _escaped(report), fmt)
+    text = format_bench(report if fmt == "json" else _escaped(report), fmt, wide=args.wide)
     if args.out:
         from pathlib import Path
 

@@ -47,11 +47,21 @@ def run(args: argparse.Namespace) -> int:
         return 0
     rows = [
         [s.name, s.family, s.attention, f"{s.params_m:.2f}", f"{s.gmacs:.3f}", f"{s.input_size[0]}x{s.input_size[1]}",
-         "yes" if s.has_pretrained else "-"]
+         _weights_source(s)]
         for s in specs
     ]
-    print_table(rows, ["name", "family", "attention", "params (M)", "GMACs", "input", "pretrained"])
+    print_table(rows, ["name", "family", "attention", "params (M)", "GMACs", "input", "trained weights"])
+    print("\ntrained weights: shipped = in edgevit, works offline; hub = from the Hugging Face hub on first use\n"
+          "(needs the network once, then cached); none = export needs --weights FILE or --random-init")
     return 0
+
+
+def _weights_source(spec) -> str:
+    if spec.embedded_weights:
+        return "shipped"
+    if spec.hub_id or spec.default_weights:
+        return "hub" if spec.hub_id else "shipped"
+    return "none"
 
 
 def _list_mechanisms(args: argparse.Namespace) -> int:

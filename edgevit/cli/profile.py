@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         print()
         print("activation MB alive at the peak, by the component that produced it (stem includes the input):")
         mem_rows = [
-            [r.model, str(r.resolution[0])] + [f"{r.components[c].peak_bytes / 2**20:.2f}" for c in COMPONENTS]
+            [r.model, str(r.resolution[0])] + [f"{r.components[c].peak_bytes / 1e6:.2f}" for c in COMPONENTS]
             for r in results
         ]
         print_table(mem_rows, ["model", "res"] + [COMPONENT_LABELS[c] for c in COMPONENTS])

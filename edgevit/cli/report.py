@@ -9,10 +9,13 @@ HELP = "render stored profile/bench/eval/export runs as one self-contained HTML 
 DESCRIPTION = (
     "Render the results database (filled by profile, bench, eval and export) as one HTML file with\n"
     "tables and charts comparing models, targets and precisions. Everything is inline (CSS, SVG\n"
-    "charts, a little JavaScript to sort tables): it opens offline in any browser."
+    "charts, a little JavaScript to sort tables): it opens offline in any browser. One row per\n"
+    "artifact. The default database is per user and collects the runs of every folder you work in:\n"
+    "the output says what it holds, and --here keeps only the runs recorded from this folder."
 )
 EXAMPLES = [
     "edgevit report --out report.html",
+    "edgevit report --here --out report.html      # only the runs recorded from this folder",
     "edgevit report --db results.sqlite --out report.html --title 'Pi 5 results'",
 ]
 
@@ -21,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", metavar="FILE", help="results database (default: ~/.cache/edgevit/results.sqlite)")
     p.add_argument("--out", "-o", default="edgevit-report.html", help="HTML file to write (default edgevit-report.html)")
     p.add_argument("--title", default="edgevit results", help="page title")
+    p.add_argument("--here", action="store_true",
+                   help="only the runs recorded from the current folder (the default database is shared by "
+                        "every folder of this user)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,16 +34,28 @@ def run(args: argparse.Namespace) -> int:
     from edgevit.measure.report import write_report
     from edgevit.measure.results import ResultsStore
 
-    with ResultsStore(args.db, create=False) as store:
-        counts = {k: len(store.runs(k)) for k in ("profile", "bench", "eval", "export")}
-        path = write_report(args.out, store, args.title)
-        db_path = str(store.path)
-    if args.json:
-        emit_json({"out": str(path), "db": db_path, "runs": counts, "bytes": path.stat().st_size})
-    else:
-        from edgevit._text import safe_text
+    import os
 
-        total = sum(counts.values())
-        print(f"wrote {safe_text(path)} ({path.stat().st_size / 1024:.0f} KB) from {safe_text(db_path)}: {total} runs "
-              f"({', '.join(f'{v} {k}' for k, v in counts.items())})")
+    from edgevit.measure.results import describe_store
+
+    folder = os.getcwd() if args.here else None
+    with ResultsStore(args.db, create=False) as store:
+        every = store.runs()
+        shown = store.runs(folder=folder) if folder else every
+        counts = {k: sum(r.kind == k for r in shown) for k in ("profile", "bench", "eval", "export")}
+        path = write_report(args.out, store, args.title, folder=folder)
+        db_path = str(store.path)
+    folders = sorted({r.folder for r in every if r.folder})
+    if args.json:
+        emit_json({"out": str(path), "db": db_path, "runs": counts, "bytes": path.stat().st_size,
+                   "folder": folder, "folders_in_db": folders})
+        return 0
+    from edgevit._text import safe_text
+
+    print(f"wrote {safe_text(path)} ({path.stat().st_size / 1e3:.0f} KB)")
+    print(f"  database {safe_text(db_path)}: {safe_text(describe_store(every))}")
+    if folder is not None:
+        print(f"  shown: {safe_text(describe_store(shown))} (--here: runs recorded from {safe_text(folder)})")
+    elif len(folders) > 1:
+        print(f"  note: the page mixes runs from {len(folders)} working folders; --here keeps this folder's")
     return 0

@@ -48,6 +48,8 @@ __all__ = [
 ]
 
 MEMORY_TARGET_RATIO = 1.2
+# /proc reports memory in kB of 1024 bytes; edgevit reports MB of 10^6 bytes everywhere.
+_KB = 1024 / 1e6
 COLD_START_TARGET_S = 0.5
 GEMM_N = 2048
 
@@ -56,6 +58,7 @@ BENCH_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("name", "artifact", "{}"),
     ("runtime", "runtime", "{}"),
     ("precision", "precision", "{}"),
+    ("top1_label", "top-1", "{}"),
     ("size_mb", "size MB", "{:.2f}"),
     ("load_ms", "load ms", "{:.1f}"),
     ("cold_start_ms", "cold start ms", "{:.0f}"),
@@ -70,6 +73,12 @@ BENCH_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("gmacs", "GMACs", "{:.3f}"),
     ("efficiency_pct", "eff %", "{:.1f}"),
 )
+
+
+# The default table's columns (it fits 120 characters); ``wide`` shows every column above.
+NARROW_COLUMNS = ("name", "runtime", "precision", "top1_label", "size_mb", "median_ms", "speedup_vs_torch",
+                  "peak_rss_mb", "efficiency_pct")
+TABLE_WIDTH = 120
 
 
 @dataclass
@@ -156,10 +165,10 @@ def _worker_artifact(spec: Mapping[str, Any]) -> dict[str, Any]:
         "cold_start_ms": 1e3 * (t_first - t0),
         "top1_index": top,
         "top1_label": meta.labels[top] if top < len(meta.labels) else str(top),
-        "rss_start_mb": rss0 / 1024,
-        "peak_rss_first_mb": hwm_first / 1024,
-        "peak_rss_mb": _status_kb("VmHWM") / 1024,
-        "rss_delta_mb": (_status_kb("VmHWM") - rss0) / 1024,
+        "rss_start_mb": rss0 * _KB,
+        "peak_rss_first_mb": hwm_first * _KB,
+        "peak_rss_mb": _status_kb("VmHWM") * _KB,
+        "rss_delta_mb": (_status_kb("VmHWM") - rss0) * _KB,
         "model": meta.model,
         "target": meta.target,
         "precision": meta.precision,
@@ -190,8 +199,8 @@ def _worker_bare_tflite(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "load_ms": 1e3 * (t_load - t0),
         "cold_start_ms": 1e3 * (t_first - t0),
-        "rss_start_mb": rss0 / 1024,
-        "peak_rss_mb": _status_kb("VmHWM") / 1024,
+        "rss_start_mb": rss0 * _KB,
+        "peak_rss_mb": _status_kb("VmHWM") * _KB,
     }
 
 
@@ -228,10 +237,10 @@ def _worker_torch(spec: Mapping[str, Any]) -> dict[str, Any]:
         "first_ms": 1e3 * (t_first - t_load),
         "cold_start_ms": 1e3 * (t_first - t0),
         "top1_index": top,
-        "rss_start_mb": rss0 / 1024,
-        "peak_rss_first_mb": hwm_first / 1024,
-        "peak_rss_mb": hwm / 1024,
-        "rss_delta_mb": (hwm - rss0) / 1024,
+        "rss_start_mb": rss0 * _KB,
+        "peak_rss_first_mb": hwm_first * _KB,
+        "peak_rss_mb": hwm * _KB,
+        "rss_delta_mb": (hwm - rss0) * _KB,
         "size_bytes": size,
         "model": model_spec.name,
         "target": "torch",
@@ -462,6 +471,11 @@ def bench(
         machine["load_avg_end"] = list(os.getloadavg())
     except OSError:
         pass
+    from edgevit._text import distinct_names
+
+    artifact_rows = [r for r in rows if r.get("artifact")]
+    for row, name in zip(artifact_rows, distinct_names([r["artifact"] for r in artifact_rows])):
+        row["name"] = name  # one row per artifact: two files of one name get their folders
     peak = machine.get("gemm_peak_gflops")
     for row in rows:
         row["size_mb"] = row["size_bytes"] / 1e6
@@ -524,12 +538,37 @@ def _cell(row: Mapping[str, Any], key: str, fmt: str) -> str:
         return str(v)
 
 
-def format_bench(report: BenchReport, fmt: str = "table") -> str:
-    """``report`` as ``table`` (aligned text), ``md`` (Markdown), ``csv`` or ``json``."""
+def _shorten(text: str, width: int) -> str:
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "~" + text[len(text) - (width - 1 - head):]
+
+
+def _fit(widths: list[int], cells: list[list[str]], headers: list[str], keys: list[str]) -> tuple[list[int], list[list[str]]]:
+    """Shrink the name and top-1 columns (middle-shortened with ``~``) until the table fits."""
+    widths = list(widths)
+    for key, floor in (("top1_label", 10), ("name", 24)):
+        excess = sum(widths) + 2 * (len(widths) - 1) - TABLE_WIDTH
+        if excess <= 0 or key not in keys:
+            continue
+        i = keys.index(key)
+        widths[i] = max(floor, len(headers[i]), widths[i] - excess)
+        cells = [[_shorten(c, widths[i]) if j == i else c for j, c in enumerate(row)] for row in cells]
+    return widths, cells
+
+
+def format_bench(report: BenchReport, fmt: str = "table", wide: bool = False) -> str:
+    """``report`` as ``table`` (aligned text), ``md`` (Markdown), ``csv`` or ``json``. The table
+    and Markdown show :data:`NARROW_COLUMNS` (the table fits :data:`TABLE_WIDTH` characters,
+    long names shortened in the middle) unless ``wide``; CSV and JSON carry every field."""
     if fmt == "json":
         return json.dumps(report.to_dict(), indent=2, default=str)
-    headers = [h for _, h, _ in BENCH_COLUMNS]
-    cells = [[_cell(r, k, f) for k, _, f in BENCH_COLUMNS] for r in report.rows]
+    columns = [c for c in BENCH_COLUMNS if fmt == "csv" or wide or c[0] in NARROW_COLUMNS]
+    if not wide and fmt != "csv":  # a column nothing filled in (no torch baseline, no GEMM) is left out
+        columns = [c for c in columns if c[0] == "name" or any(r.get(c[0]) is not None for r in report.rows)]
+    headers = [h for _, h, _ in columns]
+    cells = [[_cell(r, k, f) for k, _, f in columns] for r in report.rows]
     if fmt == "csv":
         import csv
         import io
@@ -551,10 +590,10 @@ def format_bench(report: BenchReport, fmt: str = "table") -> str:
         g = m["gemm"]
         parts = [f"numpy {g['numpy_gflops']:.0f}"] + ([f"torch {g['torch_gflops']:.0f}"] if g.get("torch_gflops") else [])
         footer.append(
-            f"GEMM peak {peak:.0f} GFLOP/s ({GEMM_N}^3 fp32, best of numpy at start {g.get('before_gflops', peak):.0f} "
-            f"and end {g.get('after_gflops', peak):.0f}" + (", torch" if g.get("torch_gflops") else "")
-            + f": {', '.join(parts)}); efficiency = 2 x MACs / median latency / peak"
+            f"GEMM peak {peak:.0f} GFLOP/s ({GEMM_N}^3 fp32, best of start {g.get('before_gflops', peak):.0f}, "
+            f"end {g.get('after_gflops', peak):.0f}: {', '.join(parts)})"
         )
+        footer.append("eff % = 2 x MACs / median latency / GEMM peak")
     if m.get("load_avg"):
         end = m.get("load_avg_end")
         footer.append(
@@ -574,6 +613,8 @@ def format_bench(report: BenchReport, fmt: str = "table") -> str:
     if fmt != "table":
         raise ConfigError(f"unknown format {fmt!r}; one of table, md, csv, json")
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    if not wide:
+        widths, cells = _fit(widths, cells, headers, [k for k, _, _ in columns])
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
     return "\n".join(lines + [""] + footer) + "\n"

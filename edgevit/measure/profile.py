@@ -134,7 +134,7 @@ class ProfileResult:
 
     @property
     def peak_activation_mb(self) -> float:
-        return self.peak_activation_bytes / 2**20
+        return self.peak_activation_bytes / 1e6  # MB = 10^6 bytes, as everywhere in edgevit
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -771,7 +771,7 @@ def format_profile_table(results: Sequence[ProfileResult]) -> tuple[list[str], l
             f"{r.params_m:.2f}",
             f"{r.gmacs:.3f}",
             f"{r.peak_activation_mb:.1f}",
-            f"{r.components['attn_score'].max_tensor_bytes / 2**20:.1f}",
+            f"{r.components['attn_score'].max_tensor_bytes / 1e6:.1f}",
         ]
         row += [f"{r.components[c].macs / 1e9:.3f}" for c in COMPONENTS]
         rows.append(row)

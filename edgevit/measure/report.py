@@ -34,7 +34,7 @@ h1{font-size:1.6em;margin-bottom:4px}h2{margin-top:36px;border-bottom:2px solid 
 table{border-collapse:collapse;margin:12px 0;font-size:.85em;width:100%}
 th,td{border:1px solid #ddd;padding:4px 8px;text-align:right;white-space:nowrap}
 th{background:#f4f4f4;cursor:pointer;user-select:none}th.sorted-asc::after{content:" \\25B2"}th.sorted-desc::after{content:" \\25BC"}
-td.text,th.text{text-align:left}tr:nth-child(even) td{background:#fafafa}
+td.text,th.text{text-align:left}td.text{white-space:normal;overflow-wrap:anywhere;max-width:22em}tr:nth-child(even) td{background:#fafafa}
 .pass{color:#1a7f37;font-weight:600}.fail{color:#cf222e;font-weight:600}
 .empty{color:#888;font-style:italic}.charts{display:flex;flex-wrap:wrap;gap:16px}
 svg{background:#fff;border:1px solid #eee}
@@ -240,18 +240,35 @@ def _variant(r: Run) -> str:
     return f"{r.precision or '?'}{' fused-input' if fused else ''}"
 
 
+def _artifact_key(r: Run) -> str:
+    """The artifact a run is about (its resolved path), so that two files of one name, or one
+    model exported with two sets of weights, stay two rows; runs without a file (torch eager)
+    are keyed by model, target and precision."""
+    path = r.data.get("path") if r.kind == "export" else r.artifact or r.data.get("artifact")
+    if path:
+        return os.path.realpath(str(path))
+    return f"{r.model}|{r.target}|{_variant(r)}|{r.data.get('name') or ''}"
+
+
+def _when(r: Run) -> str:
+    return r.created.replace("T", " ")[:16]
+
+
 def _overview(bench: list[Run], evals: list[Run], exports: list[Run]) -> str:
-    keys: dict[tuple, dict[str, Run]] = {}
+    keys: dict[str, dict[str, Run]] = {}
     for kind, runs in (("bench", bench), ("eval", evals), ("export", exports)):
-        for k, r in _latest(runs, lambda r: (r.model or "?", r.target or "?", _variant(r))).items():
+        for k, r in _latest(runs, _artifact_key).items():
             keys.setdefault(k, {})[kind] = r
     t = _Table(
-        [("model", "text"), ("target", "text"), ("precision", "text"), ("size MB", "num"), ("median ms", "num"),
-         ("p90 ms", "num"), ("peak RSS MB", "num"), ("efficiency %", "num"), ("top-1 %", "num"), ("top-5 %", "num"),
-         ("eval set", "text"), ("export s", "num"), ("verification", "text")],
+        [("artifact", "text"), ("model", "text"), ("target", "text"), ("precision", "text"), ("weights", "text"),
+         ("size MB", "num"), ("median ms", "num"), ("peak RSS MB", "num"), ("efficiency %", "num"),
+         ("top-1 %", "num"), ("eval set", "text"), ("verification", "text")],
         "overview",
     )
-    for (model, target, precision), by in sorted(keys.items()):
+    names = _distinct([k for k in keys])
+    rows = []
+    for key, by in keys.items():
+        any_run = by.get("export") or by.get("bench") or by.get("eval")
         b = by.get("bench").data if "bench" in by else {}
         e = by.get("eval").data if "eval" in by else {}
         x = by.get("export").data if "export" in by else {}
@@ -259,33 +276,44 @@ def _overview(bench: list[Run], evals: list[Run], exports: list[Run]) -> str:
         ver = (x.get("verification") or {}) if x else {}
         passed = ver.get("passed")
         ver_text = "-" if not ver else ("pass" if passed else "FAIL" if passed is not None else "ran")
-        t.add([
-            model, target, precision, _num(size, "{:.2f}"), _num(b.get("median_ms"), "{:.2f}"),
-            _num(b.get("p90_ms"), "{:.2f}"), _num(b.get("peak_rss_mb"), "{:.1f}"), _num(b.get("efficiency_pct"), "{:.1f}"),
-            _pct(e.get("top1")), _pct(e.get("top5")), f"{e['dataset']} ({e['n']})" if e else "-",
-            _num(x.get("seconds"), "{:.1f}"),
+        weights = x.get("weights") or e.get("weights") or b.get("weights") or "-"
+        rows.append((any_run.model or "?", any_run.target or "?", [
+            names[key] if "|" not in key else any_run.data.get("name") or f"{any_run.target}:{any_run.model}",
+            any_run.model or "?", any_run.target or "?",
+            _variant(any_run), weights, _num(size, "{:.2f}"), _num(b.get("median_ms"), "{:.2f}"),
+            _num(b.get("peak_rss_mb"), "{:.1f}"), _num(b.get("efficiency_pct"), "{:.1f}"), _pct(e.get("top1")),
+            f"{e['dataset']} ({e.get('split', 'test')}, {e['n']})" if e else "-",
             (ver_text, "", "pass" if passed else "fail" if passed is False else ""),
-        ])
+        ]))
+    for _, _, cells in sorted(rows, key=lambda r: (r[0], r[1], str(r[2][0]))):
+        t.add(cells)
     return t.html()
 
 
+def _distinct(keys: list[str]) -> dict[str, str]:
+    from edgevit._text import distinct_names
+
+    files = [k for k in keys if "|" not in k]
+    return dict(zip(files, distinct_names(files)))
+
+
 def _bench_section(runs: list[Run]) -> str:
+    # 13 columns: fits a 1400 px page; the JSON in the database keeps every field.
     t = _Table(
-        [("when", "text"), ("artifact", "text"), ("model", "text"), ("target", "text"), ("precision", "text"),
-         ("runtime", "text"), ("threads", "num"), ("size MB", "num"), ("load ms", "num"), ("cold start ms", "num"),
-         ("median ms", "num"), ("p90 ms", "num"), ("img/s", "num"), ("peak RSS MB", "num"), ("mem/bare", "num"),
-         ("GMACs", "num"), ("efficiency %", "num"), ("GEMM peak GFLOP/s", "num"), ("host", "text")],
+        [("when", "text"), ("artifact", "text"), ("model", "text"), ("runtime / precision", "text"),
+         ("threads", "num"), ("size MB", "num"), ("load ms", "num"), ("cold start ms", "num"), ("median ms", "num"),
+         ("p90 ms", "num"), ("peak RSS MB", "num"), ("efficiency %", "num"), ("host", "text")],
         "bench",
     )
+    names = _distinct([_artifact_key(r) for r in runs])
     for r in runs:
         d = r.data
-        m = d.get("machine", {})
+        key = _artifact_key(r)
         t.add([
-            r.created, d.get("name") or r.artifact, r.model, r.target, r.precision, r.runtime, _num(d.get("threads"), "{:d}"),
-            _num(d.get("size_mb"), "{:.2f}"), _num(d.get("load_ms"), "{:.1f}"), _num(d.get("cold_start_ms"), "{:.0f}"),
-            _num(d.get("median_ms"), "{:.2f}"), _num(d.get("p90_ms"), "{:.2f}"), _num(d.get("throughput"), "{:.1f}"),
-            _num(d.get("peak_rss_mb"), "{:.1f}"), _num(d.get("memory_ratio"), "{:.2f}"), _num(d.get("gmacs"), "{:.3f}"),
-            _num(d.get("efficiency_pct"), "{:.1f}"), _num(m.get("gemm_peak_gflops"), "{:.0f}"), r.host,
+            _when(r), names.get(key, d.get("name") or r.artifact), r.model, f"{r.runtime} / {r.precision}",
+            _num(d.get("threads"), "{:d}"), _num(d.get("size_mb"), "{:.2f}"), _num(d.get("load_ms"), "{:.1f}"),
+            _num(d.get("cold_start_ms"), "{:.0f}"), _num(d.get("median_ms"), "{:.2f}"), _num(d.get("p90_ms"), "{:.2f}"),
+            _num(d.get("peak_rss_mb"), "{:.1f}"), _num(d.get("efficiency_pct"), "{:.1f}"), r.host,
         ])
     latest = _latest(runs, lambda r: (r.model, r.target, r.precision, r.runtime, r.data.get("name")))
     items = sorted(
@@ -330,7 +358,7 @@ def _profile_section(runs: list[Run]) -> str:
             model, d.get("attention", ""), _num(res[0], "{:d}"), _num(d.get("params_m"), "{:.2f}"),
             _num(d.get("gmacs"), "{:.3f}"), _num(score / 1e9, "{:.3f}"), _num(value / 1e9, "{:.3f}"),
             _num(100.0 * (score + value) / total if total else None, "{:.1f}"),
-            _num(d.get("peak_activation_mb"), "{:.1f}"), _num(matrix / 2**20, "{:.2f}"),
+            _num(d.get("peak_activation_mb"), "{:.1f}"), _num(matrix / 1e6, "{:.2f}"),
         ])
         label = f"{model} ({d.get('attention', '')})"
         macs.setdefault(label, []).append((float(res[0]), float(d.get("gmacs") or 0)))
@@ -384,24 +412,35 @@ def _export_section(runs: list[Run]) -> str:
     return t.html()
 
 
-def render_report(db: str | os.PathLike | ResultsStore | None = None, title: str = "edgevit results") -> str:
-    """The HTML page for the results in ``db`` (default: the default results database)."""
+def render_report(db: str | os.PathLike | ResultsStore | None = None, title: str = "edgevit results",
+                  folder: str | os.PathLike | None = None) -> str:
+    """The HTML page for the results in ``db`` (default: the default results database); with
+    ``folder``, only the runs recorded from that working folder."""
+    from edgevit.measure.results import describe_store
+
     own = not isinstance(db, ResultsStore)
     store = ResultsStore(db, create=False) if own else db
     try:
-        runs = {k: store.runs(k) for k in ("bench", "profile", "eval", "export")}
+        runs = {k: store.runs(k, folder=folder) for k in ("bench", "profile", "eval", "export")}
         path = store.path
     finally:
         if own:
             store.close()
-    hosts = sorted({r.host for rs in runs.values() for r in rs if r.host})
-    models = sorted({r.model for rs in runs.values() for r in rs if r.model})
+    every = [r for rs in runs.values() for r in rs]
+    models = sorted({r.model for r in every if r.model})
+    folders = sorted({r.folder for r in every if r.folder})
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    counts = ", ".join(f"{len(v)} {k}" for k, v in runs.items())
+    scope = f"the runs recorded in {_e(folder)}" if folder is not None else "every run"
+    mixed = ""
+    if folder is None and len(folders) > 1:
+        mixed = (f'<p class="meta fail">This page mixes runs from {len(folders)} working folders ('
+                 f'{_e(", ".join(folders[:6]))}{", ..." if len(folders) > 6 else ""}); '
+                 "<code>edgevit report --here</code> keeps the current folder's.</p>")
     body = [
         f"<h1>{_e(title)}</h1>",
-        f'<p class="meta">generated {now} by edgevit {_e(__version__)} from {_e(path)}; {counts} run(s); '
-        f'{len(models)} model(s); host(s): {_e(", ".join(hosts) or "-")}. <span id="rendered">static</span></p>',
+        f'<p class="meta">generated {now} by edgevit {_e(__version__)} from {scope} in {_e(path)}: '
+        f'{_e(describe_store(every))}; {len(models)} model(s). <span id="rendered">static</span></p>',
+        mixed,
         "<h2 id=\"overview-h\">Overview: models x targets x precisions (latest run of each)</h2>",
         _overview(runs["bench"], runs["eval"], runs["export"]),
         "<h2 id=\"bench-h\">Benchmarks</h2>",
@@ -425,10 +464,10 @@ def render_report(db: str | os.PathLike | ResultsStore | None = None, title: str
 
 
 def write_report(out: str | os.PathLike, db: str | os.PathLike | ResultsStore | None = None,
-                 title: str = "edgevit results") -> Path:
+                 title: str = "edgevit results", folder: str | os.PathLike | None = None) -> Path:
     """Render the report and write it to ``out``; returns the path."""
     path = Path(out)
-    text = render_report(db, title)
+    text = render_report(db, title, folder)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True)
     path.write_text(text, encoding="utf-8")

@@ -2,7 +2,9 @@
 
 The default file is ``~/.cache/edgevit/results.sqlite`` (``$XDG_CACHE_HOME`` is honoured); the
 ``EDGEVIT_RESULTS_DB`` environment variable or an explicit ``db=`` path (``--db`` on the command
-line, which wins) chooses another. Each run is one row: a few indexed columns (kind, model,
+line, which wins) chooses another. Each run records the folder it was run from
+(``recorded_in``), so that a report can say when runs of several projects share one file and
+keep one project's (``edgevit report --here``). Each run is one row: a few indexed columns (kind, model,
 target, precision, runtime, artifact, resolution) and the full result as JSON, so new fields
 need no migration. ``edgevit report`` renders the store as a self-contained HTML page.
 
@@ -33,6 +35,7 @@ __all__ = [
     "Run",
     "check_database",
     "default_db_path",
+    "describe_store",
     "host_info",
     "record_bench",
     "record_eval",
@@ -131,6 +134,13 @@ class Run:
             "data": dict(self.data),
         }
 
+    @property
+    def folder(self) -> str | None:
+        """The working folder the run was recorded from (None for runs stored before edgevit 0.x
+        recorded it)."""
+        value = self.data.get("recorded_in")
+        return str(value) if value else None
+
 
 class ResultsStore:
     """An append-only SQLite file of runs. Use as a context manager (or call :meth:`close`)."""
@@ -193,12 +203,13 @@ class ResultsStore:
         cur = self._conn.execute(
             "INSERT INTO runs (kind, created, model, target, precision, runtime, artifact, resolution,"
             " host, edgevit_version, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (kind, created, *values, host, __version__, json.dumps(dict(data), default=str)),
+            (kind, created, *values, host, __version__,
+             json.dumps({"recorded_in": _cwd(), **dict(data)}, default=str)),
         )
         return int(cur.lastrowid)
 
-    def runs(self, kind: str | None = None, model: str | None = None) -> list[Run]:
-        """Stored runs, oldest first, optionally of one ``kind`` and/or ``model``."""
+    def runs(self, kind: str | None = None, model: str | None = None, folder: str | os.PathLike | None = None) -> list[Run]:
+        """Stored runs, oldest first, optionally of one ``kind``, ``model`` and/or working ``folder``."""
         sql = "SELECT id, kind, created, model, target, precision, runtime, artifact, resolution, host, edgevit_version, data FROM runs"
         where, params = [], []
         if kind is not None:
@@ -217,10 +228,38 @@ class ResultsStore:
             except ValueError:
                 data = {"unreadable": row[11][:200]}
             out.append(Run(*row[:11], data=data))
+        if folder is not None:
+            wanted = os.path.realpath(os.fspath(folder))
+            out = [r for r in out if r.folder and os.path.realpath(r.folder) == wanted]
         return out
 
     def count(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+
+
+def _cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # the folder was deleted under us
+        return None
+
+
+def describe_store(runs: Sequence[Run]) -> str:
+    """What a set of runs holds, in one line: counts by kind, dates, hosts and working folders."""
+    if not runs:
+        return "no runs"
+    counts = ", ".join(f"{sum(r.kind == k for r in runs)} {k}" for k in KINDS if any(r.kind == k for r in runs))
+    first, last = min(r.created for r in runs)[:10], max(r.created for r in runs)[:10]
+    hosts = sorted({r.host for r in runs if r.host})
+    folders = sorted({r.folder for r in runs if r.folder})
+    when = first if first == last else f"{first} to {last}"
+    where = f"{len(hosts)} host(s)" if len(hosts) != 1 else f"host {hosts[0]}"
+    text = f"{len(runs)} runs ({counts}), {when}, {where}"
+    if len(folders) > 1:
+        text += f", recorded from {len(folders)} folders"
+    elif folders:
+        text += f", recorded in {folders[0]}"
+    return text
 
 
 def check_database(path: str | os.PathLike | None = None) -> Path:

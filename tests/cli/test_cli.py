@@ -19,6 +19,10 @@ def test_list_table_and_json(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "mobilevit_xxs" in out and "attention" in out and "GMACs" in out
+    # which trained weights work offline and which need the network
+    weights = {line.split()[0]: line.split()[-1] for line in out.splitlines() if line.startswith(("vit_", "mobilevit_xxs "))}
+    assert weights["vit_fmnist_tiny"] == "shipped" and weights["mobilevit_xxs"] == "hub"
+    assert weights["vit_tiny_performer"] == "none" and "needs the network once" in out
     assert main(["list", "--json", "--attention", "windowed"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data and all(d["attention"] == "windowed" for d in data)

@@ -107,3 +107,35 @@ def test_format_rejects_unknown():
     report = BenchReport(rows=[], machine={}, settings={"threads": 1, "warmup": 0, "runs": 1, "image": "x"})
     with pytest.raises(ConfigError):
         format_bench(report, "xml")
+
+
+def _row(name: str, artifact: str | None, **extra) -> dict:
+    row = {"name": name, "artifact": artifact, "runtime": "tflite", "precision": "int8", "size_mb": 12.34,
+           "load_ms": 20.0, "cold_start_ms": 300.0, "median_ms": 4.2, "p90_ms": 5.1, "throughput": 238.1,
+           "peak_rss_mb": 80.0, "rss_delta_mb": 30.0, "gmacs": 1.25, "efficiency_pct": 55.0,
+           "top1_label": "Egyptian cat, a very long label indeed"}
+    return {**row, **extra}
+
+
+def test_default_table_fits_120_columns_and_wide_shows_everything():
+    long = "deit_tiny_distilled_patch16_224_tflite_int8_with_a_long_suffix.tflite"
+    rows = [_row(long, f"out/{long}"), _row("torch:deit_tiny_patch16_224", None, speedup_vs_torch=None)]
+    report = BenchReport(rows=rows, machine={"cpu": "x", "cores": 2},
+                         settings={"threads": 2, "warmup": 1, "runs": 2, "image": "chelsea.png"})
+    table = format_bench(report, "table")
+    assert max(len(line) for line in table.splitlines()) <= 120, table
+    header = table.splitlines()[0].split()
+    assert "top-1" in header and "cold" not in header and "GMACs" not in header
+    assert "vs" not in header  # no row has a speed-up: the column is left out
+    assert "deit_tiny_disti" in table and "~" in table  # shortened in the middle, still recognisable
+    wide = format_bench(report, "table", wide=True)
+    assert "cold start ms" in wide and "GMACs" in wide and long in wide
+    assert "cold_start_ms" in format_bench(report, "csv").splitlines()[0]
+
+
+def test_two_artifacts_of_one_name_stay_two_rows():
+    from edgevit._text import distinct_names
+
+    assert distinct_names(["a/x/m.onnx", "b/x/m.onnx", "c/n.onnx"]) == ["a/x/m.onnx", "b/x/m.onnx", "n.onnx"]
+    assert distinct_names(["out/m.tflite", "rnd/m.tflite"]) == ["out/m.tflite", "rnd/m.tflite"]
+    assert distinct_names(["m.tflite"]) == ["m.tflite"]

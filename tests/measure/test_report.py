@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -24,7 +25,8 @@ CHROMIUM_FLAGS = [
 
 def bench_row(model: str, target: str, precision: str, median: float, **extra) -> dict:
     return {
-        "name": f"{model}_{target}_{precision}", "artifact": f"/x/{model}_{target}_{precision}", "model": model,
+        "name": f"{model}_{target}_{precision}.{target}", "artifact": f"/x/{model}_{target}_{precision}.{target}",
+        "model": model,
         "target": target, "precision": precision, "runtime": target, "resolution": 224, "threads": 2,
         "size_mb": 5.1, "load_ms": 30.0, "cold_start_ms": 310.0, "median_ms": median, "p90_ms": median * 1.2,
         "throughput": 1000 / median, "peak_rss_mb": 52.0, "gmacs": 0.4, "efficiency_pct": 12.5, **extra,
@@ -111,7 +113,9 @@ def test_store_round_trip_and_errors(tmp_path, monkeypatch):
     with ResultsStore(db) as store:
         rid = store.add("bench", {"median_ms": 1.5, "nested": {"x": [1, 2]}}, model="m", target="tflite")
         (run,) = store.runs("bench")
-        assert run.id == rid and run.model == "m" and run.data == {"median_ms": 1.5, "nested": {"x": [1, 2]}}
+        assert run.id == rid and run.model == "m"
+        assert run.data == {"median_ms": 1.5, "nested": {"x": [1, 2]}, "recorded_in": os.getcwd()}
+        assert run.folder == os.getcwd()
         assert store.runs("eval") == [] and store.count() == 1
         with pytest.raises(ConfigError):
             store.add("nonsense", {})
@@ -167,17 +171,20 @@ def test_report_in_headless_chromium(filled_db, tmp_path, capsys):
     def rows(table: str) -> list[list[str]]:
         return dom.tables[table][1:]  # without the header row
 
-    overview = {(r[0], r[1], r[2]) for r in rows("overview")}
+    # One row per artifact: the bench and export runs of one file meet in one row.
+    overview = {(r[1], r[2], r[3]) for r in rows("overview")}
     assert overview == {
         ("deit_tiny_patch16_224", "tflite", "int8"),
         ("mobilevit_xxs", "onnx", "fp32"),
         ("mobilevit_xxs", "tflite", "fp32"),
         ("vit_fmnist_tiny", "tflite", "fp32"),
     }
-    by_key = {(r[0], r[1], r[2]): r for r in rows("overview")}
-    assert by_key[("mobilevit_xxs", "tflite", "fp32")][4] == "18.00"  # median ms
+    by_key = {(r[1], r[2], r[3]): r for r in rows("overview")}
+    assert by_key[("mobilevit_xxs", "tflite", "fp32")][0] == "mobilevit_xxs_tflite_fp32.tflite"
+    assert by_key[("mobilevit_xxs", "tflite", "fp32")][6] == "18.00"  # median ms
     assert by_key[("mobilevit_xxs", "tflite", "fp32")][-1] == "pass"  # export verification
-    assert by_key[("vit_fmnist_tiny", "tflite", "fp32")][8] == "86.00"  # top-1 %
+    assert by_key[("vit_fmnist_tiny", "tflite", "fp32")][9] == "86.00"  # top-1 %
+    assert by_key[("vit_fmnist_tiny", "tflite", "fp32")][4] == "vit_fmnist_tiny.safetensors"  # weights
     assert sorted(r[2] for r in rows("bench")) == ["deit_tiny_patch16_224", "mobilevit_xxs", "mobilevit_xxs"]
     assert {(r[0], r[2]) for r in rows("profile")} == {
         ("efficientvit_b0", "224"), ("efficientvit_b0", "448"), ("vit_tiny_window", "224"), ("vit_tiny_window", "448"),
@@ -185,7 +192,7 @@ def test_report_in_headless_chromium(filled_db, tmp_path, capsys):
     assert [r[2] for r in rows("eval")] == ["vit_fmnist_tiny"]
     assert [r[1] for r in rows("exports")] == ["mobilevit_xxs"]
     svg = " ".join(dom.svg_text)
-    assert "efficientvit_b0 (linear)" in svg and "mobilevit_xxs_onnx_fp32 (onnx)" in svg
+    assert "efficientvit_b0 (linear)" in svg and "mobilevit_xxs_onnx_fp32.onnx (onnx)" in svg
     text = proc.stdout
     assert "memory 1.10x" in text and "memory 1.40x" in text and "FAIL" in text
 
@@ -197,3 +204,25 @@ def test_write_report_cli_without_db_is_an_error(tmp_path):
     assert not (tmp_path / "r.html").exists()
     path = write_report(tmp_path / "sub" / "r.html", ResultsStore(tmp_path / "empty.sqlite"))
     assert "no runs recorded" in Path(path).read_text()
+
+
+def test_report_says_what_the_database_holds_and_here_keeps_this_folder(tmp_path, monkeypatch, capsys):
+    """The default database collects every folder's runs: the report says so, --here keeps one."""
+    from edgevit.cli import main
+
+    db = tmp_path / "shared.sqlite"
+    for project, model in (("project-a", "mobilevit_xxs"), ("project-b", "deit_tiny_patch16_224")):
+        (tmp_path / project).mkdir()
+        monkeypatch.chdir(tmp_path / project)
+        record_bench([bench_row(model, "tflite", "fp32", 10.0)], {}, db=db)
+    assert main(["report", "--db", str(db), "--out", str(tmp_path / "all.html")]) == 0
+    out = capsys.readouterr().out
+    assert f"database {db}: 2 runs (2 bench)" in out and "recorded from 2 folders" in out
+    assert "mixes runs from 2 working folders; --here keeps this folder's" in out
+    page = (tmp_path / "all.html").read_text()
+    assert "mobilevit_xxs" in page and "deit_tiny_patch16_224" in page and "mixes runs from 2 working folders" in page
+    assert main(["report", "--db", str(db), "--here", "--out", str(tmp_path / "b.html")]) == 0
+    out = capsys.readouterr().out
+    assert f"shown: 1 runs (1 bench)" in out and str(tmp_path / "project-b") in out
+    page = (tmp_path / "b.html").read_text()
+    assert "deit_tiny_patch16_224" in page and "mobilevit_xxs" not in page and "mixes runs" not in page
