@@ -1,6 +1,6 @@
 """edgevit sweep without a cluster: planning, cell keys, local parallel runs, resume, failures that
 stay in their cell. The exports are replaced by a small fake child process (the real one is
-exercised by the slow test at the end and by tests/measure/test_sweep_ray.py)."""
+exercised by the slow test at the end and by tests/sweep/test_cluster.py)."""
 
 from __future__ import annotations
 
