@@ -35,6 +35,9 @@ ray = pytest.importorskip("ray", reason="the cluster extra is not installed: pip
 import edgevit.sweep as sw
 from edgevit.measure.results import ResultsStore
 
+# Starting the cluster costs half a minute and a few hundred MB: the whole module is slow.
+pytestmark = pytest.mark.slow
+
 CLONE_NEWNET = 0x40000000
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -147,7 +150,6 @@ def test_the_cluster_is_on_loopback_only(cluster):
     assert [name for _, name in socket.if_nameindex()] == ["lo"]
 
 
-@pytest.mark.slow
 def test_sweep_through_ray_and_resume_a_half_done_sweep(cluster, shared):
     first = sw.sweep(["vit_fmnist_tiny"], ["onnx"], out=shared["out"], db=shared["db"], ray=cluster["address"],
                      pretrained=True)
@@ -181,7 +183,6 @@ def _cell_child(inode: int) -> tuple[int, int] | None:
     return None
 
 
-@pytest.mark.slow
 def test_a_worker_killed_mid_task_is_retried_and_the_cell_recorded(cluster, shared):
     killed: dict[str, int] = {}
 
@@ -217,7 +218,6 @@ def test_a_worker_killed_mid_task_is_retried_and_the_cell_recorded(cluster, shar
     assert len(rec) == 1 and rec[0].data["sweep"]["status"] == "verified" and Path(rec[0].artifact).is_file()
 
 
-@pytest.mark.slow
 def test_bench_on_a_device_node_returns_the_devices_facts(cluster, shared, monkeypatch, capsys):
     from edgevit.cli import main
 
@@ -249,7 +249,6 @@ def test_bench_on_a_device_node_returns_the_devices_facts(cluster, shared, monke
     assert bench_runs[-1].data["machine"]["ray_node_id"] == device_node
 
 
-@pytest.mark.slow
 def test_sweep_bench_on_a_device(cluster, shared):
     r = sw.sweep(["vit_fmnist_tiny"], ["onnx"], out=shared["out"], db=shared["db"], ray=cluster["address"],
                  pretrained=True, bench_on="device:test", bench_runs=3)
