@@ -273,6 +273,7 @@ def _speed_check(model: torch.nn.Module, example: torch.Tensor, path: Path, meta
 # *simulation*: one prepared, calibrated graph whose observers are swapped for switchable
 # fake-quantizers, so each candidate mix costs one forward pass instead of a new prepare.
 
+_CALIBRATION_CACHE = True  # the final graph takes the search's calibrated ranges (False: calibrate again, as before)
 _PT2E_LINEAR = ("aten.linear", "aten.conv2d", "aten.conv1d", "aten.convolution")  # _op_name drops ".default"
 _PT2E_ANNOTATED = _PT2E_LINEAR + ("aten.add.Tensor", "aten.mul.Tensor", "aten.cat", "aten.adaptive_avg_pool2d")
 _BY_DESIGN = ["softmax", "GELU and other activations", "matmuls between activations (attention)"]
@@ -427,6 +428,31 @@ def _switchable_fake_quant(observer: Any) -> Any:
     return SwitchableFakeQuant(observer)
 
 
+def _observers_by_input(prepared: Any) -> dict:
+    """The observers of a prepared graph keyed by the nodes each one observes. Calibration runs the
+    float graph, so an observer's statistics depend only on the tensors it sees: another prepared
+    graph of the same model and config (with fewer ops annotated) can take them over."""
+    seen: dict[str, set] = {}
+    for node in prepared.graph.nodes:
+        if node.op == "call_module" and node.args and hasattr(node.args[0], "name"):
+            module = prepared.get_submodule(node.target)
+            if hasattr(module, "calculate_qparams") and hasattr(module, "quant_min"):
+                seen.setdefault(node.target, set()).add(node.args[0].name)
+    return {frozenset(inputs): prepared.get_submodule(target) for target, inputs in seen.items()}
+
+
+def _copy_ranges(prepared: Any, ranges: dict) -> bool:
+    """Give every observer of ``prepared`` the statistics of its twin in ``ranges`` (see
+    :func:`_observers_by_input`); False, and nothing copied, unless every observer has one."""
+    mine = _observers_by_input(prepared)
+    pairs = [(obs, ranges.get(key)) for key, obs in mine.items()]
+    if not mine or any(src is None or type(src) is not type(obs) for obs, src in pairs):
+        return False
+    for obs, src in pairs:
+        obs.load_state_dict(src.state_dict())
+    return True
+
+
 def _install_switches(prepared: Any, op_ids: set) -> list:
     """Swap every observer of a calibrated prepared graph for a switchable fake-quantizer;
     return (switch, ops it serves) pairs. An observer serves the annotated op that produced its
@@ -479,14 +505,17 @@ def _quantize_pt2e(model: torch.nn.Module, example: torch.Tensor, metadata: Arti
         graph, batched = export_for_quant(model, example)
         reference = _forward_all(model, search.inputs, True) if search is not None else None
 
-        def quantize(exclude: frozenset = frozenset(), naive: bool = False) -> Any:
+        def quantize(exclude: frozenset = frozenset(), naive: bool = False, ranges: dict | None = None) -> Any:
+            """A prepared graph, calibrated; with ``ranges`` (observers of an already calibrated graph
+            of the same config) their statistics are copied instead of running the images again."""
             quantizer = Quantizer().set_global(_xnnpack_config(dynamic, global_range=not naive))
             if dynamic:  # XNNPACK's dynamic int8 is for linear layers; dynamic convs fail to lower (MobileViT)
                 quantizer.set_filter_function(lambda n: n.op == "call_function" and _op_name(n.target) == "aten.linear")
             elif exclude:
                 quantizer.set_filter_function(lambda n: n.name not in exclude)
             prepared = prepare_pt2e(copy.deepcopy(graph), quantizer)
-            _forward_all(prepared, example.detach().numpy() if dynamic else calib.inputs, batched)
+            if not (ranges and _copy_ranges(prepared, ranges)):
+                _forward_all(prepared, example.detach().numpy() if dynamic else calib.inputs, batched)
             return prepared
 
         if dynamic:
@@ -506,6 +535,7 @@ def _quantize_pt2e(model: torch.nn.Module, example: torch.Tensor, metadata: Arti
         members = {g.name: frozenset(g.op_ids) for g in groups}
 
         simulated = quantize(by_design, naive=not vit_aware)
+        ranges = _observers_by_input(simulated) if _CALIBRATION_CACHE else None  # before the switches replace them
         switches = _install_switches(simulated, op_ids)
 
         def evaluate(kept: frozenset, n: int):
@@ -529,7 +559,7 @@ def _quantize_pt2e(model: torch.nn.Module, example: torch.Tensor, metadata: Arti
                 "--precision int8-dynamic"
             )
         exclude = by_design.union(*(members[k] for k in result.kept))
-        converted = convert_pt2e(quantize(exclude, naive=not vit_aware))
+        converted = convert_pt2e(quantize(exclude, naive=not vit_aware, ranges=ranges))
     except ConversionError:
         raise
     except Exception as exc:

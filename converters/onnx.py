@@ -356,14 +356,32 @@ def _describe_failure(exc: BaseException) -> str:
 
 # ------------------------------------------------------------------------------------------------
 # Quantization with onnxruntime's tools: fp16 (float16 conversion, float I/O), int8-dynamic
-# (quantize_dynamic: int8 weights, activations quantized per call) and int8 (quantize_static, QDQ
-# format, per-channel weights, MinMax calibration). The ViT-aware recipe quantizes only the ops
-# ONNX Runtime's CPU kernels run faster in int8 (Conv, MatMul with a weight, Gemm, Add, Mul) and
-# searches which of those to leave float (nodes_to_exclude); the naive recipe quantizes every op
-# type onnxruntime knows (softmax, layer norm, attention matmuls included).
+# (quantize_dynamic of the MatMul/Gemm weights, activations quantized per call) and int8
+# (quantize_static, QDQ format, MinMax calibration). The ViT-aware recipe quantizes only the ops
+# ONNX Runtime's CPU kernels run faster in int8 (Conv, MatMul with a weight, Gemm) and searches
+# which of those to leave float (nodes_to_exclude); the naive recipe quantizes every op type
+# onnxruntime knows (softmax, layer norm, attention matmuls included) with its default types.
+#
+# What makes int8 faster than fp32 here, measured on x86 (``benchmarks/int8_speed.py onnx-recipes``):
+# * u8 activations x s8 per-channel weights: MLAS's int8 GEMMs (AVX2 VPMADDUBSW, AVX512/AVX-VNNI
+#   VPDPBUSD) take an unsigned activation operand. With s8 activations ONNX Runtime fused only 37 of
+#   DeiT-Tiny's 73 Gemm into QGemm (the rest ran DequantizeLinear + float Gemm) and the int8 model
+#   was slower than fp32 (0.96x); with u8 all 73 became QGemm (1.3-1.4x).
+# * residual adds and element-wise multiplies stay float: QLinearAdd/QLinearMul are faster, but
+#   int8 on the residual stream costs DeiT-Tiny cosine 0.9993 -> 0.952 (the search would keep them
+#   float anyway, after measuring them: one calibration and two candidates less per export).
+# * attention matmuls (activation x activation) stay float: QLinearMatMul there was slower
+#   (1.07-1.20x against 1.28-1.31x with them float, same run).
+# * QDQ rather than QOperator: level within noise on this CPU, and QDQ files also run on other
+#   runtimes' int8 paths (OpenVINO reads the same file).
+# * int8-dynamic quantizes MatMul/Gemm only: ConvInteger (dynamic convolutions) is slower than
+#   float Conv in ONNX Runtime (MobileViT-XXS ran 0.35x of fp32 with its convolutions dynamic).
 
-_ORT_INT8_OPS = ("Conv", "MatMul", "Gemm", "Add", "Mul")
-_ORT_BY_DESIGN = ["softmax", "layer norm", "GELU and other activations", "matmuls between activations (attention)", "division"]
+_ORT_INT8_OPS = ("Conv", "MatMul", "Gemm")
+_ORT_DYNAMIC_OPS = ["MatMul", "Gemm"]
+_CALIBRATION_CACHE = True  # calibrate once per export (False: once per search candidate, as before; tests compare)
+_ORT_BY_DESIGN = ["softmax", "layer norm", "GELU and other activations", "matmuls between activations (attention)", "division",
+                  "residual adds and element-wise multiplies"]
 
 
 def _ort_by_design_present(proto) -> list[str]:
@@ -383,6 +401,8 @@ def _ort_by_design_present(proto) -> list[str]:
             found.add(_ORT_BY_DESIGN[3])
         elif t == "Div":
             found.add(_ORT_BY_DESIGN[4])
+        elif t in ("Add", "Mul"):
+            found.add(_ORT_BY_DESIGN[5])
     return [c for c in _ORT_BY_DESIGN if c in found]
 
 
@@ -488,12 +508,16 @@ def _quantize_onnx(proto, model, metadata: ArtifactMetadata, config: ExportConfi
         src.write_bytes(float_bytes)
 
         def static(exclude, naive: bool = False) -> bytes:
+            # One calibration pass per op-type set: onnxruntime's calibration cache holds the tensor
+            # ranges, so every later candidate of the search only re-runs the quantizer.
+            cache = Path(tmp) / f"ranges-{'naive' if naive else 'vit-aware'}.json" if _CALIBRATION_CACHE else None
             quantize_static(
                 src, dst, _Reader(input_name, calib.inputs, 16 if dynamic_batch else 1),
-                quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QInt8 if naive else QuantType.QUInt8,  # see the notes above
                 weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                 op_types_to_quantize=None if naive else list(_ORT_INT8_OPS), nodes_to_exclude=sorted(exclude),
-                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False}, calibration_cache_path=cache,
             )
             return dst.read_bytes()
 
@@ -506,9 +530,11 @@ def _quantize_onnx(proto, model, metadata: ArtifactMetadata, config: ExportConfi
                     data = _topologically_sorted(half).SerializeToString()
                     scheme = "fp16 weights and compute (float32 input and output)"
                 elif precision == "int8-dynamic":
-                    quantize_dynamic(src, dst, per_channel=True, weight_type=QuantType.QInt8)
+                    quantize_dynamic(src, dst, per_channel=True, weight_type=QuantType.QInt8,
+                                     op_types_to_quantize=_ORT_DYNAMIC_OPS)
                     data = dst.read_bytes()
-                    scheme = "int8 per-channel weights, activations quantized per call (dynamic)"
+                    scheme = ("int8 per-channel weights of MatMul/Gemm, activations quantized per call (dynamic); "
+                              "convolutions float")
                 else:
                     ops = _onnx_ops(proto, model)
                     by_design = frozenset(op.id for op in ops if op.role in ("norm", "attention_matmul")) if vit_aware else frozenset()
@@ -536,7 +562,8 @@ def _quantize_onnx(proto, model, metadata: ArtifactMetadata, config: ExportConfi
                             "or use --precision int8-dynamic or fp16"
                         )
                     data = build(frozenset(result.kept))
-                    scheme = "int8 static QDQ: per-channel int8 weights, int8 activations (MinMax calibration)"
+                    scheme = ("int8 static QDQ: per-channel s8 weights, u8 activations (MinMax calibration)" if vit_aware else
+                              "int8 static QDQ: per-channel s8 weights, s8 activations (MinMax calibration)")
                     fixed = _ort_by_design_present(proto) if vit_aware else []
                     section = qz.report("int8", scheme, tool, settings, calibration=calibration_info, groups=groups,
                                         search=result, naive=naive, fixed_float=fixed)

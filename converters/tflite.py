@@ -162,6 +162,7 @@ def _describe_failure(exc: Exception) -> str:
 # Quantization through ai-edge-quantizer (AEQ), on the float flatbuffer litert-torch wrote.
 
 _KEEP = ("float", "int16")  # what an op kept out of int8 can be here
+_CALIBRATION_CACHE = True  # calibrate once per export (False: once per search candidate, as before; tests compare)
 _LINEAR_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D_TRANSPOSE", "EMBEDDING_LOOKUP")
 _ACTIVATION_OPS = ("GELU", "TANH")  # the transformer MLP's activation (TANH: GELU's tanh form)
 # Sigmoid-family activations (SiLU = x * LOGISTIC(x), hard-swish, ReLU) of the conv stages: XNNPACK
@@ -321,11 +322,17 @@ def _aeq_recipe(ops_by_id: dict, keep_float: set, keep_int16: set, precision: st
     return rm.get_quantization_recipe()
 
 
-def _aeq_quantize(float_data: bytes, recipe_json, calib_inputs, global_range: bool = False) -> bytes:
+def _aeq_quantize(float_data: bytes, recipe_json, calib_inputs, global_range: bool = False,
+                  qsv_cache: dict | None = None) -> bytes:
     """Run AEQ (calibrating first when the recipe needs it) and return the flatbuffer.
 
     AEQ's calibration keeps a moving average of each tensor's per-image min/max (so the range
-    clips the rarer extremes); ``global_range`` keeps the true min/max over all images instead."""
+    clips the rarer extremes); ``global_range`` keeps the true min/max over all images instead.
+    ``qsv_cache`` (a dict kept by the caller) holds the ranges of the profiler-based calibration,
+    which records every tensor of the float model whatever the recipe: the search's candidates
+    then reuse one calibration pass instead of running the float model again each."""
+    import copy
+
     import numpy as np
 
     from edgevit.converters.quantize import quiet_tools
@@ -334,7 +341,9 @@ def _aeq_quantize(float_data: bytes, recipe_json, calib_inputs, global_range: bo
     q = quantizer.Quantizer(bytearray(float_data), recipe_json)
     result = None
     with quiet_tools():
-        if q.need_calibration:
+        if q.need_calibration and qsv_cache is not None and global_range in qsv_cache:
+            result = copy.deepcopy(qsv_cache[global_range])
+        elif q.need_calibration:
             from ai_edge_litert.interpreter import Interpreter
 
             signatures = Interpreter(model_content=float_data).get_signature_list()
@@ -354,6 +363,8 @@ def _aeq_quantize(float_data: bytes, recipe_json, calib_inputs, global_range: bo
                 else:
                     result = q.calibrate(data, mode=CalibrationMode.CALIBRATION_PROFILER_BASED, num_threads=2)
                 result = _keepdims_qsvs(result, float_data)
+                if qsv_cache is not None:
+                    qsv_cache[global_range] = copy.deepcopy(result)
             except Exception:  # the fast profiler path does not cover every graph: record all tensors
                 q = quantizer.Quantizer(bytearray(float_data), recipe_json)
                 result = q.calibrate(data, num_threads=2)
@@ -465,6 +476,7 @@ def _quantize_tflite(float_data: bytes, model, metadata: ArtifactMetadata, confi
         groups = qz.build_groups([op for op in ops if op.id not in by_design], qz.linear_outlier_scores(model, calib.inputs))
     members = {g.name: g.op_ids for g in groups}
     reference = _run_tflite(float_data, search.inputs)
+    qsv_cache: dict = {}  # one calibration pass per range mode, shared by every candidate
 
     def build(kept: frozenset, naive: bool = False) -> bytes:
         while True:
@@ -473,7 +485,8 @@ def _quantize_tflite(float_data: bytes, model, metadata: ArtifactMetadata, confi
             chosen = {i for name in kept for i in members[name]} - fixed
             keep_float, keep_int16 = (chosen | fixed, set()) if settings.keep == "float" else (fixed, chosen)
             recipe = _aeq_recipe(ops_by_id, keep_float, keep_int16, "int8", float_io=not naive)
-            data = _aeq_quantize(float_data, recipe, calib.inputs, global_range=not naive)
+            data = _aeq_quantize(float_data, recipe, calib.inputs, global_range=not naive,
+                                 qsv_cache=qsv_cache if _CALIBRATION_CACHE else None)
             try:
                 _run_tflite(data, search.inputs[:1])
                 return data

@@ -364,6 +364,40 @@ def test_onnx_int8_static_vit_aware_and_naive(fmnist, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("target", ["tflite", "onnx", "executorch"])
+def test_search_on_one_calibration_pass_chooses_the_mix_of_the_uncached_search(fmnist, tmp_path, monkeypatch, target):
+    """The search calibrates once and reuses the ranges for every candidate (item 4 of issue 17);
+    with the cache off (every candidate calibrated afresh, as before) it must see the same numbers
+    and keep the same groups. A strict agreement target makes the search measure and keep groups."""
+    import importlib
+
+    from edgevit.converters import get_converter
+
+    for module in get_converter(target).requires:
+        pytest.importorskip(module)
+    options = {"min_agreement": 0.99, "max_drop": 0.25, "speed_check": False}
+
+    def search(folder):
+        try:
+            return _export(target, "int8", tmp_path / folder, **options).details["quantization"]["search"]
+        except ConversionError as exc:  # out of reach: then both searches must fail on the same numbers
+            return str(exc)
+
+    cached = search("cached")
+    monkeypatch.setattr(importlib.import_module(f"edgevit.converters.{target}"), "_CALIBRATION_CACHE", False)
+    fresh = search("fresh")
+    if isinstance(cached, str) or isinstance(fresh, str):
+        assert cached == fresh
+        return
+    assert cached["kept"] == fresh["kept"] and cached["evaluations"] == fresh["evaluations"]
+    assert [s["group"] for s in cached["sensitivity"]] == [s["group"] for s in fresh["sensitivity"]]
+    for a, b in zip(cached["sensitivity"], fresh["sensitivity"]):
+        assert a["rel_error"] == pytest.approx(b["rel_error"], rel=1e-3, abs=1e-7)
+    assert cached["final"]["top1_agreement"] == fresh["final"]["top1_agreement"]
+    assert cached["final"]["cosine_mean"] == pytest.approx(fresh["final"]["cosine_mean"], abs=1e-5)
+
+
+@pytest.mark.slow
 def test_coreml_weight_compression_and_refused_precisions(tmp_path, has_fmnist_weights):
     from edgevit.converters import export, get_converter
 
