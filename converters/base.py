@@ -129,12 +129,12 @@ class Converter(abc.ABC):
                 f"supported: {', '.join(self.precisions)}"
             )
         options = dict(options or {})
-        unknown = sorted(set(options) - set(self.options))
+        unknown = sorted(set(options) - set(self.options) - set(COMMON_OPTIONS))
         if unknown:
             import difflib
 
             hints = [m for u in unknown for m in difflib.get_close_matches(u, list(self.options), n=1)]
-            allowed = ", ".join(sorted(self.options)) or "none"
+            allowed = ", ".join(sorted({**self.options, **COMMON_OPTIONS})) or "none"
             msg = f"target {self.name} has no option(s) {', '.join(unknown)}; its options: {allowed}"
             if hints:
                 msg += f" (did you mean {', '.join(hints)}?)"
@@ -147,6 +147,10 @@ class Converter(abc.ABC):
         if fused_input and not self.supports_fused_input:
             raise ConfigError(f"target {self.name} does not take uint8 frames; export without --fused-input")
         merged = {**self.options, **options}
+        if merged.get("tokens") is not None:  # every target: token reduction of a plain ViT (checked now)
+            from edgevit.compress.tokens import TokenReduction
+
+            merged["tokens"] = TokenReduction.parse(merged["tokens"]).spelling()
         if "max_drop" in self.options:  # a quantizing target: check its quantization options now, before any work
             from edgevit.converters.quantize import QuantSettings
 
@@ -181,6 +185,10 @@ def register_converter(cls: C) -> C:
     _CONVERTERS[cls.name] = cls
     return cls
 
+
+# Options every target takes: ``tokens`` -- token reduction of a plain ViT before export
+# (``method:layers[:amount]``, see :mod:`edgevit.compress.tokens`; applied by ``export()``).
+COMMON_OPTIONS: Mapping[str, Any] = {"tokens": None}
 
 _DISCOVERED = False
 _NOT_TARGETS = {"base", "export", "verify", "rewrites", "rewrites_mobilevit", "quantize", "tflite_delegation", "onnx_fusion"}

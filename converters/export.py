@@ -229,6 +229,8 @@ def _export(resolved: ResolvedModel, target, precision, converter, config, final
             verify, verify_images) -> ExportResult:
     spec, float_model, labels, weights_tag = resolved.spec, resolved.module, resolved.labels, resolved.weights
     model = spec.name
+    tokens = _reduce_tokens(float_model, config.options.get("tokens"))
+    float_model = tokens.pop("model", float_model)
     metadata = build_metadata(spec, target, precision, labels, weights_tag, config.fused_input)
     cancel.check()
 
@@ -285,11 +287,28 @@ def _export(resolved: ResolvedModel, target, precision, converter, config, final
         verification=report,
         delegation=output.delegation,
         warnings=(list(resolved.notes) + _degenerate_init_warnings(float_model, weights_tag)
-                  + _rewrite_warnings(rewrites) + list(output.warnings)),
+                  + _rewrite_warnings(rewrites) + tokens.pop("warnings", []) + list(output.warnings)),
         fallbacks=list(metadata.fallbacks),
-        details={**({"rewrites": rewrites} if rewrites is not None else {}), **output.details},
+        details={**({"rewrites": rewrites} if rewrites is not None else {}), **tokens, **output.details},
         fused_input=config.fused_input,
     )
+
+
+def _reduce_tokens(float_model, spelling: str | None) -> dict[str, Any]:
+    """``--option tokens=...``: the float model with its tokens reduced (a copy; the artifact is
+    verified against it), the facts for the result's details and a warning that says so."""
+    if not spelling:
+        return {}
+    import copy
+
+    from edgevit.compress.tokens import reduce_tokens
+
+    reduced = reduce_tokens(copy.deepcopy(float_model), spelling)
+    facts = dict(reduced.edgevit_tokens)
+    warning = (f"token reduction {facts['reduction']} changes the model ({facts['tokens'][0]} -> {facts['tokens'][-1]} "
+               "tokens): the artifact is verified against the reduced float model, not the original; "
+               "recover accuracy by fine-tuning (edgevit.compress.tokens.recover)")
+    return {"model": reduced, "tokens": facts, "warnings": [warning]}
 
 
 def _rewrite_warnings(rewrites: Mapping[str, Any] | None) -> list[str]:
