@@ -170,3 +170,18 @@ def test_relax_records_the_missed_target(monkeypatch, tmp_path):
     assert not [o for p, o in asked if p == "fp32" and set(o) & {"max_drop", "search_images"}]
     assert all(o.get("compare_fp32") is False for p, o in asked if p != "fp32")
     assert any("max_drop=0.5" in n and "not met" in n for n in qz.describe_lines(table)[1])
+
+
+@pytest.mark.slow
+def test_executorch_kernel_profile_of_the_fp32_program():
+    pytest.importorskip("executorch.devtools")
+    profiles = qz.profile_precisions("vit_fmnist_tiny", ("fp32",), pretrained=True, runs=5)
+    assert list(profiles) == ["fp32"]
+    p = profiles["fp32"]
+    assert p.runs == 5 and p.threads == 1 and p.artifact.endswith(".pte")
+    # Every kernel event falls in one class and the classes add up to the events.
+    assert sum(p.by_class_ms.values()) == pytest.approx(sum(p.kernels_ms.values()))
+    assert set(p.by_class_ms) <= set(qz.KERNEL_CLASSES) and "int8" not in p.by_class_ms and "convert" not in p.by_class_ms
+    assert p.by_class_ms["fp32"] > 0 and p.program_ms == pytest.approx(p.by_class_ms["fp32"] + p.by_class_ms.get("elementwise", 0))
+    assert list(p.kernels_ms.values()) == sorted(p.kernels_ms.values(), reverse=True)
+    assert any("F32" in k for k in p.kernels_ms)
