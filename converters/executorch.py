@@ -273,7 +273,9 @@ def _speed_check(model: torch.nn.Module, example: torch.Tensor, path: Path, meta
 # *simulation*: one prepared, calibrated graph whose observers are swapped for switchable
 # fake-quantizers, so each candidate mix costs one forward pass instead of a new prepare.
 
-_CALIBRATION_CACHE = True  # the final graph takes the search's calibrated ranges (False: calibrate again, as before)
+# Reuse in the search (False: as before, for comparison): the final graph takes the search's
+# calibrated ranges, and the sensitivity pass resumes each candidate from the base run's activations.
+_CALIBRATION_CACHE = True
 _PT2E_LINEAR = ("aten.linear", "aten.conv2d", "aten.conv1d", "aten.convolution")  # _op_name drops ".default"
 _PT2E_ANNOTATED = _PT2E_LINEAR + ("aten.add.Tensor", "aten.mul.Tensor", "aten.cat", "aten.adaptive_avg_pool2d")
 _BY_DESIGN = ["softmax", "GELU and other activations", "matmuls between activations (attention)"]
@@ -361,7 +363,10 @@ def export_for_quant(model: torch.nn.Module, example: torch.Tensor) -> tuple[Any
         return ep.module(), False
 
 
-def _forward_all(module: Any, inputs: Any, batched: bool, batch: int = 64) -> Any:
+_BATCH = 64  # images per forward of the simulation
+
+
+def _forward_all(module: Any, inputs: Any, batched: bool, batch: int = _BATCH) -> Any:
     """Logits of ``module`` on a numpy stack of single inputs."""
     import numpy as np
     import torch
@@ -537,11 +542,27 @@ def _quantize_pt2e(model: torch.nn.Module, example: torch.Tensor, metadata: Arti
         simulated = quantize(by_design, naive=not vit_aware)
         ranges = _observers_by_input(simulated) if _CALIBRATION_CACHE else None  # before the switches replace them
         switches = _install_switches(simulated, op_ids)
+        # the sensitivity pass (one batch) resumes each candidate from the base run's activations
+        resumable = qz.SwitchedGraph(simulated, [sw for sw, _ in switches]) if batched and _CALIBRATION_CACHE else None
+        batches: dict[int, Any] = {}
+
+        def states(kept: frozenset) -> list[bool]:
+            floating = by_design.union(*(members[k] for k in kept))
+            return [not served or not served <= floating for _switch, served in switches]
 
         def evaluate(kept: frozenset, n: int):
-            floating = by_design.union(*(members[k] for k in kept))
-            for switch, served in switches:
-                switch.enabled = not served or not served <= floating
+            if resumable is not None and kept and n <= _BATCH:
+                import numpy as np
+                import torch
+
+                x = batches.setdefault(n, torch.from_numpy(np.ascontiguousarray(search.inputs[:n])))
+                if resumable.inputs is not x:
+                    resumable.record(states(frozenset()), x, [states(frozenset([g.name])) for g in groups])
+                out = resumable.run(states(kept), x)
+                if out is not None:
+                    return out.float().reshape(out.shape[0], -1).numpy()
+            for (switch, _served), on in zip(switches, states(kept)):
+                switch.enabled = on
             return _forward_all(simulated, search.inputs[:n], batched)
 
         target = settings.target(search.labelled)

@@ -66,6 +66,7 @@ __all__ = [
     "QuantOp",
     "QuantSettings",
     "SearchResult",
+    "SwitchedGraph",
     "build_groups",
     "compare_latency",
     "fidelity",
@@ -487,6 +488,81 @@ def search_mix(
     result.kept, result.final, result.met = tuple(kept), current, target.met(current)
     result.evaluations, result.seconds = counter[0], time.perf_counter() - start
     return result
+
+
+class SwitchedGraph:
+    """A simulation graph (``torch.fx.GraphModule``) whose numerics are set by on/off switch
+    modules (fake-quantizers with an ``enabled`` flag), evaluated for many switch states on the
+    same images: the search's sensitivity pass (every candidate group float in turn).
+
+    Activations before the first switch a state changes are those of the base state on the same
+    images: :meth:`run` resumes there (``torch.fx.Interpreter`` with the base run's live values
+    filled in) instead of running the whole graph; on average a candidate then costs about half a
+    forward pass. :meth:`record` runs the base state once and keeps the live values at the given
+    cut points; the values are the same tensors a full run computes (same ops, same order).
+    """
+
+    def __init__(self, module: Any, switches: Sequence[Any]) -> None:
+        self.module, self.switches = module, list(switches)
+        self.nodes = list(module.graph.nodes)
+        self.index = {node: i for i, node in enumerate(self.nodes)}
+        first: dict[int, int] = {}
+        for i, node in enumerate(self.nodes):
+            if node.op == "call_module":
+                first.setdefault(id(module.get_submodule(node.target)), i)
+        self.position = [first.get(id(s), len(self.nodes)) for s in self.switches]
+        self.base: tuple[bool, ...] | None = None
+        self.inputs: Any = None
+        self.saved: dict[int, dict] = {}
+
+    def set(self, states: Sequence[bool]) -> None:
+        for switch, on in zip(self.switches, states):
+            switch.enabled = bool(on)
+
+    def cut(self, states: Sequence[bool]) -> int | None:
+        """The graph position of the first switch whose state differs from the base's (None: same)."""
+        if self.base is None:
+            return None
+        diff = [p for p, a, b in zip(self.position, states, self.base) if bool(a) != bool(b)]
+        return min(diff) if diff else None
+
+    def _live(self, cut: int) -> list:
+        return [n for n in self.nodes[:cut] if any(self.index[u] >= cut for u in n.users)]
+
+    def record(self, base: Sequence[bool], inputs: Any, candidates: Sequence[Sequence[bool]]) -> Any:
+        """Run ``base`` on ``inputs`` (one batch tensor), keeping the live values at the cut of each
+        candidate state; returns the output."""
+        import torch
+
+        self.base, self.inputs, self.saved = tuple(bool(b) for b in base), inputs, {}
+        cuts = {c for c in (self.cut(s) for s in candidates) if c is not None}
+        live = {c: self._live(c) for c in cuts}
+        saved, index = self.saved, self.index
+
+        class Recorder(torch.fx.Interpreter):
+            def run_node(self, n):  # noqa: ANN001
+                i = index[n]
+                if i in live:
+                    saved[i] = {m: self.env[m] for m in live[i]}
+                return super().run_node(n)
+
+        self.set(self.base)
+        with torch.no_grad():
+            return Recorder(self.module).run(inputs)
+
+    def run(self, states: Sequence[bool], inputs: Any) -> Any | None:
+        """The output for ``states`` on the recorded inputs, resumed at its cut; None when the
+        inputs are not the recorded ones or its cut was not recorded (run the graph instead)."""
+        import torch
+
+        cut = self.cut(states)
+        if inputs is not self.inputs or cut is None or cut not in self.saved:
+            return None
+        env = dict.fromkeys(self.nodes[:cut])  # values dead before the cut are never read again
+        env.update(self.saved[cut])
+        self.set(states)
+        with torch.no_grad():
+            return torch.fx.Interpreter(self.module).run(inputs, initial_env=env)
 
 
 # ----------------------------------------------------------------------------------------------
