@@ -1,3 +1,3 @@
-"""Measuring models and artifacts: profile, bench, eval, the results store, the HTML report and
-the support table. Host side; nothing here is imported by the device runtimes.
+"""Measuring models and artifacts: profile, bench, eval, quantization comparisons, the results store,
+the HTML report and the support table. Host side; nothing here is imported by the device runtimes.
 """

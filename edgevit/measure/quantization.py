@@ -33,10 +33,11 @@ from edgevit.errors import ConfigError, ConversionError
 
 __all__ = [
     "KERNEL_CLASSES",
-    "VARIANTS",
     "KernelProfile",
     "PrecisionRow",
     "PrecisionTable",
+    "VARIANTS",
+    "VARIANT_NAMES",
     "compare_precisions",
     "describe_lines",
     "format_precision_table",
