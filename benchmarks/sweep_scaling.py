@@ -207,8 +207,9 @@ def main() -> int:
     n = runs["serial"][0]["cells"]
     serial = runs["serial"][0]
     cell_overhead = (serial["cell_wall_s"] - serial["export_s"]) / n
-    ray_extra = max(0.0, (med["ray"] - med["jobs2"]) * 2 / n)  # two slots either way
+    ray_extra = (med["ray"] - med["jobs2"]) * 2 / n  # two slots either way; negative: Ray was faster
     speedup = med["serial"] / med["jobs2"]
+    busy = load > (os.cpu_count() or 1)
     lines = [
         "# Sweep scaling: serial vs --jobs 2 vs a two-node local Ray cluster",
         "",
@@ -226,12 +227,17 @@ def main() -> int:
         "task whose child process exports, artifact bytes back through the object store.",
         f"- Ray's own costs: connect {overhead['connect_s']:.2f} s and disconnect {overhead['shutdown_s']:.2f} s per "
         f"sweep; a task round trip shipping {overhead['payload_mb']:.0f} MB back {overhead['task_roundtrip_ms']:.0f} ms "
-        f"(median of 20); end to end Ray vs --jobs 2 (two slots each): {ray_extra:.1f} s per cell.",
+        f"(median of 20); end to end Ray vs --jobs 2 (two slots each): {ray_extra:+.1f} s per cell"
+        + (" (within the noise of this load)" if busy else "") + ".",
         f"- per cell outside the conversion (process start, imports, model build, verification): {cell_overhead:.1f} s.",
         "",
         "## Estimate: the whole catalog x 4 targets x 4 precisions",
         "",
         *estimate(speedup, cell_overhead, max(ray_extra, overhead["task_roundtrip_ms"] / 1e3)),
+        *([f"- caveat: measured with the machine oversubscribed (load {load:.1f} on {os.cpu_count()} cores), so "
+           "two local processes gained little over one; exports at --threads 1 are mostly single-threaded, so on a "
+           "quiet machine expect up to one cell per core and divide these hours accordingly (rerun the command "
+           "above there)."] if busy else []),
         "",
         "Raw: " + json.dumps(_rounded({"overhead": overhead, "runs": runs})),
         "",

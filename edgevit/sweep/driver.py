@@ -239,6 +239,7 @@ def sweep(
         ray_mod = stack.enter_context(ray_connection(ray, verbose)) if mode == "ray" else None
         if ray_mod is not None:
             n_workers = int(ray_mod.cluster_resources().get("CPU", 1) // threads) or 1
+            todo = _feasible(ray_mod, todo, threads, memory_gb, rows, db, record)
             payloads = {d: ray_mod.put(p.read_bytes()) for d, p in files.items()}  # once per file, by reference
         else:
             payloads = {d: p.read_bytes() for d, p in files.items()}
@@ -282,6 +283,25 @@ def sweep(
                     in_flight += 1
     report = SweepReport(rows, time.perf_counter() - t0, mode, n_workers, str(out_dir) if out_dir else None)
     return _bench_on_device(report, bench_on, ray, bench_runs, threads, db, record)
+
+
+def _feasible(ray: Any, todo: list[Cell], threads: int, memory_gb: float | None, rows: list[dict[str, Any]], db: Any,
+              record: bool) -> list[Cell]:
+    """The cells some node of the cluster can take; the others fail now (Ray would keep them
+    pending for ever) with what they need and what the largest node offers."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    keep = []
+    for cell in todo:
+        need = _memory_bytes(cell.source, memory_gb)
+        if any(r.get("CPU", 0) >= threads and r.get("memory", 0) >= need for r in nodes):
+            keep.append(cell)
+            continue
+        best = max((r.get("memory", 0) for r in nodes if r.get("CPU", 0) >= threads), default=0)
+        err = (f"no node of the cluster offers {threads} CPU(s) and {need / 2**30:.1f} GB (the largest with the CPUs "
+               f"has {best / 2**30:.1f} GB); pass --memory-gb or fewer --threads, or add a bigger node")
+        res = {"status": "failed", "error": err}
+        rows.append(_finish(cell, res, [res], None, db, record))
+    return keep
 
 
 def _bench_on_device(report: SweepReport, on: str | None, address: str | None, runs: int, threads: int, db: Any,

@@ -261,6 +261,15 @@ def test_sweep_bench_on_a_device(cluster, shared):
     assert last.data["machine"]["ray_resource"] == "device:test"
 
 
+def test_a_cell_no_node_can_take_fails_at_once_instead_of_waiting_for_ever(cluster, tmp_path):
+    r = sw.sweep(["vit_fmnist_tiny"], ["onnx"], out=tmp_path / "o", db=tmp_path / "r.sqlite", ray=cluster["address"],
+                 memory_gb=10_000)
+    (row,) = r.rows
+    assert row["status"] == "failed" and "10000.0 GB" in row["error"] and "--memory-gb" in row["error"]
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        assert store.runs("export")[0].data["sweep"]["status"] == "failed"
+
+
 def test_bench_on_a_resource_no_node_has_names_what_there_is(cluster, tmp_path):
     from edgevit.errors import ConfigError
 
