@@ -65,7 +65,7 @@ def train_base(work: Path, epochs: int, train_images: int | None) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     model = build_base()
-    data = load_dataset("fashion-mnist").subset(train=train_images)
+    data = load_dataset("fashion-mnist").subset(train=train_images, test=2000)  # per-epoch check on 2,000
     t0 = time.perf_counter()
     history = fit(model, data, LoopConfig(epochs=epochs, batch_size=128, lr=2e-3, warmup_epochs=0.5, threads=2,
                                           deterministic=False, progress=sys.stderr.isatty(), desc="train"),
@@ -135,7 +135,7 @@ def _deleg(r) -> dict | None:
 
 
 def bench_fmnist(work: Path, reductions, test_images: int, finetune_images: int, finetune_epochs: int, runs: int,
-                 recipe: str) -> dict:
+                 recipe: str, exported=REDUCTIONS) -> dict:
     """Accuracy (torch float before/after reduction/after fine-tune; TFLite fp32 and int8 artifacts)
     and interleaved TFLite latency of the 196-token model and its reductions."""
     import copy
@@ -186,6 +186,8 @@ def bench_fmnist(work: Path, reductions, test_images: int, finetune_images: int,
             Image.fromarray(data.train_images[20000 + i]).save(calib / f"{i:02d}_{data.classes[data.train_labels[20000 + i]].replace('/', '-')}.png")
         for row in rows:
             name = row["reduction"]
+            if name != "none" and name not in exported:
+                continue
             for precision in ("fp32", "int8"):
                 try:
                     r = _export(copy.deepcopy(models[name]), "tflite", precision, Path(tmp) / f"{name}-{precision}".replace(":", "_"),
@@ -332,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-images", type=int, default=3000)
     p.add_argument("--reductions", nargs="+", default=list(REDUCTIONS))
     p.add_argument("--deit-reductions", nargs="+", default=list(DEIT_REDUCTIONS))
+    p.add_argument("--exported", nargs="+", default=list(REDUCTIONS), help="reductions also exported and timed")
     p.add_argument("--test-images", type=int, default=2000, help="first N test images (10000: the whole split)")
     p.add_argument("--finetune-images", type=int, default=3000)
     p.add_argument("--finetune-epochs", type=int, default=1)
@@ -344,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         print(train_base(args.work, args.epochs, args.train_images))
     if args.stage in ("all", "fmnist"):
         _merge("fmnist", bench_fmnist(args.work, args.reductions, args.test_images, args.finetune_images,
-                                      args.finetune_epochs, args.runs, args.recipe))
+                                      args.finetune_epochs, args.runs, args.recipe, args.exported))
     if args.stage in ("all", "deit"):
         _merge("deit", bench_deit(args.deit_reductions, args.runs, args.recipe))
     if args.stage == "render":
