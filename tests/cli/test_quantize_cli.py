@@ -40,10 +40,15 @@ def test_mistakes_exit_2_with_an_error_line_and_leave_nothing(tmp_path, capsys, 
                     reason=f"Fashion-MNIST is not installed in {FASHION_MNIST_DIR} ({FASHION_MNIST_APT})")
 def test_table_and_json(tmp_path):
     out = tmp_path / "out"
-    common = ["vit_fmnist_tiny", "--target", "onnx", "--pretrained", "--data", "fashion-mnist", "--limit", "100",
-              "--no-record"]
-    res = _cli(*common, "--precision", "int8-dynamic", "--runs", "20", "--out", str(out))
+    common = ["vit_fmnist_tiny", "--target", "onnx", "--pretrained", "--data", "fashion-mnist", "--limit", "100"]
+    db = tmp_path / "results.sqlite"
+    res = _cli(*common, "--precision", "int8-dynamic", "--runs", "20", "--out", str(out), "--db", str(db))
     assert res.returncode == 0, res.stderr
+    from edgevit.measure.results import ResultsStore
+
+    with ResultsStore(db) as store:  # the scores are stored like `edgevit eval`'s: float model + 2 artifacts
+        runs = store.runs("eval")
+    assert sorted((r.target, r.data["n"]) for r in runs) == [("onnx", 100), ("onnx", 100), ("torch", 100)]
     lines = res.stdout.splitlines()
     assert lines[0].startswith("vit_fmnist_tiny -> onnx, weights vit_fmnist_tiny.safetensors")
     assert any("median of 20 runs" in line and "interleaved" in line for line in lines)
@@ -56,11 +61,11 @@ def test_table_and_json(tmp_path):
 
     # The same again into the same folder: the artifacts are in the way -> exit 2, they stay as they were.
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    res = _cli(*common, "--precision", "int8-dynamic", "--out", str(out))
+    res = _cli(*common, "--precision", "int8-dynamic", "--out", str(out), "--no-record")
     assert res.returncode == 2 and res.stderr.startswith("Error: ") and "--force" in res.stderr
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
-    res = _cli(*common, "--precision", "fp32", "--runs", "5", "--json")  # no --out: nothing kept
+    res = _cli(*common, "--precision", "fp32", "--runs", "5", "--json", "--no-record")  # no --out: nothing kept
     assert res.returncode == 0, res.stderr
     d = json.loads(res.stdout)  # one clean document: converter chatter never reaches stdout
     assert [r["variant"] for r in d["rows"]] == ["fp32"]
