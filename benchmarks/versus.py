@@ -1,0 +1,256 @@
+"""edgevit against the plain conversions and OpenVINO: one table, generated (issue #17, item 5).
+
+For each model: the plain conversions (the official converters with ``--option rewrite=false``),
+edgevit's fp32 artifacts (rewrites on) and its int8 artifacts (ViT-aware, calibrated on crops of the
+installed real photos) on TFLite, ExecuTorch and ONNX; OpenVINO compiling the same ONNX files when
+``openvino`` is installed (``pip install -e .[bench-peers]``); torch eager. Everything is timed
+*interleaved in fresh processes*: each round runs every artifact once, in order that alternates
+between rounds, each in a process of its own (load, warm up, ``--runs`` timed batch-1 runs on
+``--threads`` threads, median); the table gives the median over ``--rounds`` rounds, so machine
+load and cache state hit every entry alike. Weights: seeded, non-degenerate (``_weights.py``).
+
+    python benchmarks/versus.py                                   # the four models of the issue
+    python benchmarks/versus.py --models deit_tiny_patch16_224 --rounds 3 --runs 30
+    python benchmarks/versus.py --render                          # re-render from the .json
+    python benchmarks/versus.py --readme                          # ... and write the README table
+
+Writes ``benchmarks/results/versus.{json,md}``; ``--readme`` replaces the README's table between
+``<!-- versus:start -->`` and ``<!-- versus:end -->``. Run it on a quiet machine: the figures of a
+busy one are only good as ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results" / "versus.json"
+README = REPO / "README.md"
+MODELS = ("deit_tiny_patch16_224", "mobilevit_xxs", "efficientvit_b0", "swin_tiny_patch4_window7_224")
+TARGETS = ("tflite", "executorch", "onnx")
+START, END = "<!-- versus:start -->", "<!-- versus:end -->"
+
+
+def _log(msg: str) -> None:
+    print(f"[versus] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# exports
+
+
+def export_all(model: str, out: Path, calibration: Path, weights: Path) -> dict[str, dict]:
+    """Every artifact of ``model``: {label: {"kind", "path", "target", "precision", ...}}."""
+    from edgevit.converters import export
+
+    plan = []
+    for target in TARGETS:
+        plan.append((f"plain {target} fp32", target, "fp32", {"rewrite": False}))
+        plan.append((f"edgevit {target} fp32", target, "fp32", None))
+        plan.append((f"edgevit {target} int8", target, "int8", {"speed_check": False}))
+    entries: dict[str, dict] = {}
+    for label, target, precision, options in plan:
+        _log(f"{model}: export {label}")
+        t = time.perf_counter()
+        try:
+            r = export(model, target, precision, out=out / label.replace(" ", "_"), force=True, weights=weights,
+                       calibration=calibration if precision == "int8" else None, options=options)
+        except Exception as exc:  # record and go on: one failure must not end the run
+            entries[label] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            continue
+        entries[label] = {"kind": "edgevit", "path": str(r.path), "target": target, "precision": precision,
+                          "bytes": r.bytes, "export_seconds": round(time.perf_counter() - t, 1),
+                          "verified": bool(r.verification and r.verification.passed),
+                          "kept_out_of_int8": (r.details.get("quantization", {}).get("search") or {}).get("kept")}
+    if _has_openvino():
+        for source in ("plain onnx fp32", "edgevit onnx fp32"):
+            if "path" in entries.get(source, {}):
+                entries[f"OpenVINO ({source.split()[0]} ONNX)"] = {"kind": "openvino", "path": entries[source]["path"]}
+    entries["torch eager"] = {"kind": "torch", "model": model, "weights": str(weights)}
+    return entries
+
+
+def _has_openvino() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+# ------------------------------------------------------------------------------------------------
+# timing: one fresh process per measurement
+
+
+def _time_child(args: argparse.Namespace) -> None:
+    """(child process) load one entry, warm up, time ``runs`` batch-1 runs; print the median ms."""
+    entry = json.loads(args.entry)
+    threads, runs = args.threads, args.runs
+    if entry["kind"] == "edgevit":
+        from edgevit.runtimes import load
+
+        rt = load(entry["path"], threads=threads)
+        x = np.zeros(rt.metadata.input_shape(1), np.uint8 if rt.metadata.input_dtype == "uint8" else np.float32)
+        run = lambda: rt.run(x)  # noqa: E731
+    elif entry["kind"] == "openvino":
+        import openvino as ov
+
+        from edgevit.runtimes import load
+
+        meta = load(entry["path"]).metadata
+        x = np.zeros(meta.input_shape(1), np.float32)
+        compiled = ov.Core().compile_model(entry["path"], "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+        request = compiled.create_infer_request()
+        run = lambda: request.infer({0: x})  # noqa: E731
+    else:
+        import torch
+
+        import edgevit.converters  # noqa: F401  (timm's import needs edgevit's compatibility step first)
+        from edgevit.models import create_model, get_spec
+        from edgevit.models.weights import load_weights
+
+        torch.set_num_threads(threads)
+        net = create_model(entry["model"]).eval()
+        load_weights(net, entry["weights"])
+        size = get_spec(entry["model"]).input_size
+        x = torch.zeros(1, 3, *size)
+
+        def run():
+            with torch.inference_mode():
+                net(x)
+    for _ in range(5):
+        run()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - t) * 1000)
+    print("RESULT " + json.dumps({"median_ms": float(np.median(times)), "min_ms": float(np.min(times))}))
+
+
+def time_all(entries: dict[str, dict], rounds: int, runs: int, threads: int) -> dict[str, list[float]]:
+    labels = [k for k, v in entries.items() if "kind" in v]
+    figures: dict[str, list[float]] = {k: [] for k in labels}
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    for i in range(rounds):
+        for label in labels if i % 2 == 0 else labels[::-1]:
+            cmd = [sys.executable, __file__, "_time", "--entry", json.dumps(entries[label]), "--runs", str(runs),
+                   "--threads", str(threads)]
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if line:
+                figures[label].append(json.loads(line[7:])["median_ms"])
+            else:
+                entries[label].setdefault("timing_errors", []).append(done.stderr.strip()[-300:])
+            _log(f"round {i + 1}/{rounds} {label}: {figures[label][-1] if line else 'failed'}")
+    return figures
+
+
+# ------------------------------------------------------------------------------------------------
+# the table
+
+
+def _best(row: dict, prefix: str, precision: str) -> tuple[str, float] | None:
+    cands = [(label, ms) for label, ms in row["median_ms"].items()
+             if label.startswith(prefix) and label.endswith(precision) and ms is not None]
+    return min(cands, key=lambda lm: lm[1]) if cands else None
+
+
+def render(results: dict) -> str:
+    m = results.get("machine", {})
+    lines = ["| model | best plain fp32 | OpenVINO (same ONNX) | edgevit fp32 best | edgevit int8 TFLite | int8 ExecuTorch | int8 ONNX | torch eager |",
+             "|---|---|---|---|---|---|---|---|"]
+    for model, row in results.get("models", {}).items():
+        ms = row["median_ms"]
+        plain = _best(row, "plain", "fp32")
+        base = plain[1] if plain else None
+
+        def cell(value, name=""):
+            if value is None:
+                return "-"
+            up = f" ({base / value:.2f}x)" if base else ""
+            return f"{name}{value:.2f}{up}"
+
+        ov = min((v for k, v in ms.items() if k.startswith("OpenVINO") and v is not None), default=None)
+        fp32 = _best(row, "edgevit", "fp32")
+        lines.append("| " + " | ".join([
+            model,
+            f"{plain[0].split()[1]} {plain[1]:.2f}" if plain else "-",
+            cell(ov),
+            cell(fp32[1], f"{fp32[0].split()[1]} ") if fp32 else "-",
+            cell(ms.get("edgevit tflite int8")), cell(ms.get("edgevit executorch int8")), cell(ms.get("edgevit onnx int8")),
+            f"{ms['torch eager']:.1f}" if ms.get("torch eager") is not None else "-",
+        ]) + " |")
+    note = (f"Median ms, batch 1, {results.get('threads', 2)} threads, median of {results.get('rounds')} interleaved rounds of "
+            f"fresh processes ({results.get('runs')} runs each); speed-up over the best plain fp32 conversion (the official "
+            f"converter with `--option rewrite=false`). Seeded non-degenerate weights; int8 calibrated on crops of the "
+            f"installed photos. Machine: {m.get('platform')}, {m.get('cpus')} CPUs, load average {m.get('load_average')} "
+            f"({m.get('updated')}). Reproduce: `python benchmarks/versus.py --readme`.")
+    return "\n".join(lines) + "\n\n" + note + "\n"
+
+
+def write_readme(table: str) -> None:
+    text = README.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"README.md lacks the {START} / {END} markers")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{START}\n{table}{END}{tail}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("command", nargs="?", default="run", choices=("run", "_time"))
+    p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--render", action="store_true", help="only re-render from the saved results")
+    p.add_argument("--readme", action="store_true", help="write the table into README.md between the versus markers")
+    p.add_argument("--entry", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.command == "_time":
+        _time_child(args)
+        return 0
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"models": {}}
+    if not args.render:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from _weights import bench_weights
+        from quantize import _photo_crops
+
+        with tempfile.TemporaryDirectory() as tmp:
+            calibration = Path(tmp) / "calibration"
+            calibration.mkdir()
+            _photo_crops(calibration)
+            for model in args.models:
+                entries = export_all(model, Path(tmp) / model, calibration, bench_weights(model, Path(tmp)))
+                figures = time_all(entries, args.rounds, args.runs, args.threads)
+                results["models"][model] = {
+                    "median_ms": {k: (float(np.median(v)) if v else None) for k, v in figures.items()},
+                    "rounds_ms": figures,
+                    "entries": {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in entries.items()},
+                }
+                results.update(rounds=args.rounds, runs=args.runs, threads=args.threads, machine={
+                    "platform": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg(),
+                    "updated": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()})
+                RESULTS.parent.mkdir(parents=True, exist_ok=True)
+                RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
+    table = render(results)
+    RESULTS.with_suffix(".md").write_text("# edgevit vs the plain conversions and OpenVINO\n\n" + table)
+    if args.readme:
+        write_readme(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
