@@ -260,6 +260,9 @@ def _export(resolved: ResolvedModel, target, precision, converter, config, final
             ) from exc
         if not tmp.exists():
             raise ConversionError(f"{target} converter reported success but wrote no file")
+        if precision != "fp32" and not converter.runs_here and "speed_check" not in output.details:
+            # the speed check (converters/_speed.py) needs the artifact to run here: say why it did not
+            output.details["speed_check"] = {"ran": False, "reason": f"{target} artifacts cannot run on this OS"}
         cancel.check()
         seconds = time.perf_counter() - start
         report = None
