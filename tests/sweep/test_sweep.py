@@ -67,6 +67,13 @@ def test_plan_expands_patterns_and_lists_unsupported_pairs():
     assert files == {}
 
 
+def test_timm_patterns_expand_over_timms_architectures():
+    cells, _, _ = sw.plan(["timm:test_vit*", "vit_fmnist_tiny"], ["onnx"])
+    sources = [c.source for c in cells]
+    assert "timm:test_vit" in sources and sources[-1] == "vit_fmnist_tiny"
+    assert all(s.startswith("timm:test_vit") for s in sources[:-1]) and len(sources) >= 3
+
+
 def test_plan_refuses_unknown_targets_and_patterns_that_match_nothing():
     with pytest.raises(ConfigError, match="unknown target.*tflit"):
         sw.plan(["vit_fmnist_tiny"], ["tflit"])
