@@ -30,8 +30,6 @@ from pathlib import Path
 
 import pytest
 
-ray = pytest.importorskip("ray", reason="the cluster extra is not installed: pip install 'edgevit[cluster]'")
-
 import edgevit.sweep as sw
 from edgevit.measure.results import ResultsStore
 
@@ -116,6 +114,7 @@ def _ray_start(*args: str, temp: Path) -> None:
 
 @pytest.fixture(scope="module")
 def cluster():
+    ray = pytest.importorskip("ray", reason="the cluster extra is not installed: pip install 'edgevit[cluster]'")
     temp = Path(tempfile.mkdtemp(prefix="evray-", dir="/tmp"))  # Ray's socket paths must stay short
     try:
         with _private_loopback_namespace() as inode:
@@ -124,7 +123,7 @@ def cluster():
             _ray_start("--head", f"--port={port}", "--num-cpus=1", "--node-ip-address=127.0.0.1", temp=temp)
             _ray_start(f"--address={address}", "--num-cpus=1", "--node-ip-address=127.0.0.1",
                        '--resources={"device:test": 1}', temp=temp)
-            yield {"address": address, "netns": inode, "temp": temp}
+            yield {"address": address, "netns": inode, "temp": temp, "ray": ray}
             if ray.is_initialized():
                 ray.shutdown()
     finally:
@@ -138,6 +137,7 @@ def shared(tmp_path_factory):
 
 
 def test_the_cluster_is_on_loopback_only(cluster):
+    ray = cluster["ray"]
     ray.init(address=cluster["address"], logging_level="ERROR", log_to_driver=False)
     try:
         nodes = [n for n in ray.nodes() if n["Alive"]]
@@ -232,6 +232,7 @@ def test_bench_on_a_device_node_returns_the_devices_facts(cluster, shared, monke
     out = capsys.readouterr().out
     assert rc == 0, out
     doc = json.loads(out)
+    ray = cluster["ray"]
     machine = doc["machine"]
     ray.init(address=cluster["address"], logging_level="ERROR", log_to_driver=False)
     try:
