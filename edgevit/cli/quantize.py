@@ -16,13 +16,14 @@ DESCRIPTION = (
     "or digits, that dataset's train split calibrates). --relax: when ViT-aware int8 cannot meet\n"
     "--max-drop, measure the mix found with looser targets (1, then 2 points) and report the miss.\n"
     "Mistakes in the arguments (a precision the target lacks, a missing dataset) exit with status 2;\n"
-    "a failed conversion exits 1. Artifacts are kept only with --out, and only when the whole run succeeds."
+    "a failed conversion exits 1. Artifacts are kept only with --out, and only when the whole run succeeds.\n"
+    "Weights: the model's trained ones (as `edgevit export`), --weights FILE, or --random-init (size and speed only)."
 )
 EXAMPLES = [
-    "edgevit quantize vit_fmnist_tiny --target tflite --pretrained --data fashion-mnist --limit 2000",
-    ("edgevit quantize vit_fmnist_tiny --target onnx --pretrained --precision int8 int8-naive "
+    "edgevit quantize vit_fmnist_tiny --target tflite --data fashion-mnist --limit 2000",
+    ("edgevit quantize vit_fmnist_tiny --target onnx --precision int8 int8-naive "
      "--calibration fashion-mnist --max-drop 0.5 --relax --out out/"),
-    "edgevit quantize deit_tiny_patch16_224 --target executorch --calibration photos/ --json",
+    "edgevit quantize deit_tiny_patch16_224 --target executorch --random-init --calibration photos/ --json",
 ]
 
 
@@ -38,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="score top-1 on a labelled set: fashion-mnist, digits, a folder of IDX files or an image folder")
     p.add_argument("--split", choices=["test", "train"], default="test", help="which split --data scores (default test)")
     p.add_argument("--limit", type=int, metavar="N", help="score the first N images only")
-    add_weights_arguments(p)
+    add_weights_arguments(p, random_init=True)
     p.add_argument("--calibration", metavar="SRC",
                    help="int8 calibration images: a dataset (SRC:train[START:STOP] for a slice), a class folder or "
                         "a flat image folder")
@@ -66,7 +67,8 @@ def _usage_errors() -> tuple[type[Exception], ...]:
 def run(args: argparse.Namespace) -> int:
     from edgevit._text import safe_text
     from edgevit.cli import emit_json, json_stdout_guard, print_table
-    from edgevit.cli._common import parse_options, progress_enabled, quiet_converters
+    from edgevit.cli._common import parse_options, progress_enabled, quiet_converters, trained_by_default
+    from edgevit.cli.export import resolve_weights_model
     from edgevit.measure.quantization import compare_precisions, describe_lines, format_precision_table
 
     progress = None
@@ -84,8 +86,11 @@ def run(args: argparse.Namespace) -> int:
             if value is not None:
                 options[key] = value
         with json_stdout_guard(args.json), quiet_converters(args):
+            # The model's trained weights unless --weights or --random-init, as `edgevit export` does.
+            model = resolve_weights_model(args.model, args.weights)
+            pretrained = trained_by_default(args, model)
             table = compare_precisions(
-                args.model, args.target, args.precision, weights=args.weights, pretrained=args.pretrained,
+                model, args.target, args.precision, weights=args.weights, pretrained=pretrained,
                 data=args.data, split=args.split, limit=args.limit, calibration=args.calibration, options=options,
                 relax=args.relax, out=args.out, force=args.force, runs=args.runs, threads=args.threads,
                 progress=progress,

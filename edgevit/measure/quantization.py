@@ -605,6 +605,8 @@ def _footnotes(table: PrecisionTable) -> list[str]:
         if r.ok and r.photos and not r.photos.get("passed", True):
             notes.append(f"{r.variant}: outside its verification tolerance on the photos ({r.photos['tolerance']})")
         notes += [f"{r.variant}: fallback: {f}" for f in r.fallbacks]
+    warnings = [w for r in table.rows for w in r.warnings]
+    notes += [w for i, w in enumerate(warnings) if w not in warnings[:i]]  # each export's warnings, once
     return notes
 
 
