@@ -191,8 +191,9 @@ def _options_for(variant: str, options: Mapping[str, Any], converter: Any) -> di
     if precision == "fp32":
         return {k: v for k, v in options.items() if k not in QUANT_OPTIONS}
     out = dict(options)
-    if "compare_fp32" in converter.options:
-        out.setdefault("compare_fp32", False)  # the fp32 row of this table is the comparison
+    for own_fp32_twin in ("compare_fp32", "speed_check"):  # the fp32 row of this table is the comparison
+        if own_fp32_twin in converter.options:
+            out.setdefault(own_fp32_twin, False)
     return {**out, **extra}
 
 
