@@ -248,13 +248,15 @@ def sweep(
         attempts: dict[str, list[dict[str, Any]]] = {}
         queue = list(todo)
 
-        def submit(cell: Cell) -> None:
+        def submit(cell: Cell, avoid: str | None = None) -> None:
             spec = {"source": cell.source, "target": cell.target, "precision": cell.precision,
                     "options": dict(cell.options), "pretrained": pretrained, "calibration": calibration,
                     "threads": threads, "timeout": timeout, "label": cell.label,
                     "bench": {"threads": threads, "runs": bench_runs, "warmup": 3} if bench else None,
                     "weights_suffix": files[cell.weights].suffix if cell.weights in files else None}
-            resources = {"num_cpus": threads, "memory": _memory_bytes(cell.source, memory_gb)}
+            resources: dict[str, Any] = {"num_cpus": threads, "memory": _memory_bytes(cell.source, memory_gb)}
+            if avoid and ray_mod is not None and _fits_elsewhere(ray_mod, avoid, threads, resources["memory"]):
+                resources["label_selector"] = {"ray.io/node-id": f"!{avoid}"}  # the retry runs on another node
             runner.submit(cell, spec, payloads.get(cell.weights), resources)
 
         in_flight = 0
@@ -268,7 +270,8 @@ def sweep(
                 tries = attempts.setdefault(cell.key, [])
                 tries.append({k: res.get(k) for k in ("status", "error", "worker", "wall_s")})
                 if res.get("status") == "crashed" and len(tries) == 1:
-                    submit(cell)  # once more, in a fresh process (on Ray: wherever the scheduler puts it)
+                    # once more, in a fresh process; on Ray on another node when one can take it
+                    submit(cell, avoid=(res.get("worker") or {}).get("ray_node_id"))
                     in_flight += 1
                     continue
                 row = _finish(cell, res, tries, out_dir, db, record)
@@ -283,6 +286,12 @@ def sweep(
                     in_flight += 1
     report = SweepReport(rows, time.perf_counter() - t0, mode, n_workers, str(out_dir) if out_dir else None)
     return _bench_on_device(report, bench_on, ray, bench_runs, threads, db, record)
+
+
+def _fits_elsewhere(ray: Any, node_id: str, threads: int, memory: int) -> bool:
+    """Whether an alive node other than ``node_id`` has ``threads`` CPUs and ``memory`` bytes."""
+    return any(n.get("Alive") and n.get("NodeID") != node_id and n["Resources"].get("CPU", 0) >= threads
+               and n["Resources"].get("memory", 0) >= memory for n in ray.nodes())
 
 
 def _feasible(ray: Any, todo: list[Cell], threads: int, memory_gb: float | None, rows: list[dict[str, Any]], db: Any,

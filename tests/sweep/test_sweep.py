@@ -158,6 +158,87 @@ def test_a_crash_is_retried_once_and_then_recorded_as_verified(tmp_path, fake_ch
     assert "SIGSEGV" in row["earlier_attempts"][0]["error"]
 
 
+class _Ref:  # an object reference: hashable, holds the result
+    def __init__(self, value):
+        self.value = value
+
+
+class _FakeRay:
+    """Ray's driver API as the sweep uses it, on two fake nodes: tasks run at once, in this process,
+    on the first node their label selector allows. What the driver asked for is kept."""
+
+    class exceptions:  # noqa: N801 - mirrors ray.exceptions
+        RayError = RuntimeError
+
+    def __init__(self):
+        self.nodes_ = [{"Alive": True, "NodeID": n, "Resources": {"CPU": 1.0, "memory": 8e9}} for n in ("node-a", "node-b")]
+        self.submitted = []
+
+    def is_initialized(self):
+        return True
+
+    def nodes(self):
+        return self.nodes_
+
+    def cluster_resources(self):
+        return {"CPU": 2.0}
+
+    def put(self, value):
+        return value
+
+    def remote(self, fn):
+        ray = self
+
+        class Task:
+            def options(self, **kw):
+                self.kw = kw
+                return self
+
+            def remote(self, *args):
+                avoid = (self.kw.get("label_selector") or {}).get("ray.io/node-id", "").lstrip("!")
+                node = next(n["NodeID"] for n in ray.nodes_ if n["NodeID"] != avoid)
+                ray.submitted.append((dict(self.kw), node))
+                result = fn(*args)
+                result["worker"]["ray_node_id"] = node
+                return _Ref(result)
+
+        return Task()
+
+    def wait(self, refs, num_returns=1):
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref):
+        return ref.value
+
+
+def test_on_ray_each_cell_is_a_task_with_its_needs_and_a_crash_is_retried_on_another_node(tmp_path, fake_child,
+                                                                                        monkeypatch):
+    import contextlib
+
+    import edgevit.sweep.driver as driver
+
+    fake = _FakeRay()
+    monkeypatch.setattr(driver, "ray_connection", lambda address, verbose=False: contextlib.nullcontext(fake))
+    monkeypatch.setenv("FAKE_CRASH_ONCE", str(tmp_path / "crashed"))
+    r = _sweep(tmp_path, models=["vit_fmnist_tiny", "mobilevit_fmnist"], targets=["onnx", "executorch"], ray="auto",
+               threads=1)
+    assert r.mode == "ray" and r.counts() == {"verified": 4}
+    crashed = next(x for x in r.rows if x["attempts"] == 2)  # the first executorch cell: crashed once
+    assert crashed["target"] == "executorch" and "SIGSEGV" in crashed["earlier_attempts"][0]["error"]
+    first_node = crashed["earlier_attempts"][0]["worker"]["ray_node_id"]
+    assert crashed["worker"]["ray_node_id"] != first_node  # retried elsewhere
+    kws = [kw for kw, _ in fake.submitted]
+    assert len(kws) == 5 and all(kw["max_retries"] == 1 and kw["num_cpus"] == 1 for kw in kws)
+    assert [kw.get("label_selector") for kw in kws].count({"ray.io/node-id": f"!{first_node}"}) == 1
+    mem = {kw["name"].split()[1]: kw["memory"] for kw in kws}
+    assert mem["mobilevit_fmnist"] > mem["vit_fmnist_tiny"] >= 1.5 * 2**30  # from the parameter count
+    # a node that cannot take a cell is not asked to: the cell fails at once, naming the numbers
+    for n in fake.nodes_:
+        n["Resources"]["memory"] = 1e9
+    r = _sweep(tmp_path, models=["vit_fmnist_tiny"], targets=["tflite"], ray="auto")
+    assert r.rows[0]["status"] == "failed" and "1.5 GB" in r.rows[0]["error"] and len(fake.submitted) == 5
+
+
 def test_a_hung_cell_times_out(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep_cell, "child_command", lambda spec: [sys.executable, "-c", "import time; print('stuck'); time.sleep(60)"])
     r = _sweep(tmp_path, models=["vit_fmnist_tiny"], targets=["onnx"], timeout=2)
