@@ -167,7 +167,7 @@ class _FakeRay:
     """Ray's driver API as the sweep uses it, on two fake nodes: tasks run at once, in this process,
     on the first node their label selector allows. What the driver asked for is kept."""
 
-    class exceptions:  # noqa: N801 - mirrors ray.exceptions
+    class exceptions:
         RayError = RuntimeError
 
     def __init__(self):
@@ -215,7 +215,7 @@ def test_on_ray_each_cell_is_a_task_with_its_needs_and_a_crash_is_retried_on_ano
                                                                                         monkeypatch):
     import contextlib
 
-    import edgevit.sweep.driver as driver
+    from edgevit.sweep import driver
 
     fake = _FakeRay()
     monkeypatch.setattr(driver, "ray_connection", lambda address, verbose=False: contextlib.nullcontext(fake))
