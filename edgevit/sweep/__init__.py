@@ -18,7 +18,7 @@ Each cell is keyed by (model source, weights digest, target, precision, options,
 version). A rerun skips cells whose latest record is verified (or structural, for CoreML on Linux)
 and whose artifact is still under ``out`` (``redo=True`` forces), so an interrupted sweep resumes.
 A cell whose child process crashed is run once more (locally: submitted again; on Ray: a new task,
-placed wherever the scheduler likes); a Ray worker or node lost mid-task is retried once by Ray
+on another node when one can take it); a Ray worker or node lost mid-task is retried once by Ray
 itself (``max_retries=1``).
 
 Devices: a box joins the cluster with a custom resource (``ray start --address HEAD --num-cpus 0
