@@ -162,7 +162,9 @@ def reduce_tokens(model: nn.Module, reduction: TokenReduction | str | None = Non
     ``reduction`` is a :class:`TokenReduction` or its spelling (``"pool:6"``); or give ``at``
     (block indices), ``method`` and ``amount``. The model's parameters and state-dict keys are
     unchanged; the number of tokens after each reduction is fixed (static shapes). The report is
-    kept on the model as ``edgevit_tokens`` (see :func:`token_counts`).
+    kept on the model as ``edgevit_tokens`` (see :func:`token_counts`). The reducers run where the
+    model calls its ``blocks`` as one Sequential (inference, export, plain training); do not turn
+    on gradient checkpointing afterwards (timm and EdgeViT then call the blocks one by one).
     """
     if reduction is None:
         if at is None:
@@ -171,6 +173,8 @@ def reduce_tokens(model: nn.Module, reduction: TokenReduction | str | None = Non
     reduction = TokenReduction.parse(reduction)
     if getattr(model, "edgevit_tokens", None):
         raise ConfigError("this model's tokens are already reduced")
+    if getattr(model, "grad_checkpointing", False):  # its block-by-block path would pass the reducers by
+        raise ConfigError("token reduction runs inside the blocks' Sequential; turn gradient checkpointing off first")
     from edgevit.compress._token_layers import TokenMerge, TokenPool, TokenReducedBlocks, TokenTopK
 
     grid, prefix = _vit_facts(model)
@@ -182,8 +186,6 @@ def reduce_tokens(model: nn.Module, reduction: TokenReduction | str | None = Non
     counts = [tokens + prefix]
     for layer in reduction.at:
         if reduction.method == "pool":
-            if grid is None:
-                raise ConfigError("token pooling after a merge or top-k reduction has no grid to pool")
             reducer = TokenPool(prefix, grid)
             grid = reducer.out_grid
         elif reduction.method == "merge":
