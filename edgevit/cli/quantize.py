@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 COMMAND = "quantize"
 HELP = "compare a model's precisions on one target: size, speed vs fp32, and top-1 drop on a labelled set"
@@ -15,8 +14,9 @@ DESCRIPTION = (
     "float model in points and the agreement with it. int8 needs --calibration (with --data fashion-mnist\n"
     "or digits, that dataset's train split calibrates). --relax: when ViT-aware int8 cannot meet\n"
     "--max-drop, measure the mix found with looser targets (1, then 2 points) and report the miss.\n"
-    "Mistakes in the arguments (a precision the target lacks, a missing dataset) exit with status 2;\n"
-    "a failed conversion exits 1. Artifacts are kept only with --out, and only when the whole run succeeds.\n"
+    "Mistakes (a precision the target lacks, a missing dataset) and failed conversions print an Error:\n"
+    "line and exit 1, as every edgevit command does. Artifacts are kept only with --out, and only when\n"
+    "the whole run succeeds.\n"
     "Weights: the model's trained ones (as `edgevit export`), --weights FILE, or --random-init (size and speed only)."
 )
 EXAMPLES = [
@@ -57,15 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-record", action="store_true", help="do not store the scores in the database")
 
 
-# Mistakes in what the user asked for (exit 2, like argparse's own); anything else is a failure of the work.
-def _usage_errors() -> tuple[type[Exception], ...]:
-    from edgevit.errors import ConfigError, DataError, ModelError, OutputExistsError, UnknownNameError
-
-    return ConfigError, DataError, ModelError, OutputExistsError, UnknownNameError
-
-
 def run(args: argparse.Namespace) -> int:
-    from edgevit._text import safe_text
     from edgevit.cli import emit_json, json_stdout_guard, print_table
     from edgevit.cli._common import parse_options, progress_enabled, quiet_converters, trained_by_default
     from edgevit.cli.export import resolve_weights_model
@@ -80,26 +72,20 @@ def run(args: argparse.Namespace) -> int:
                 return tqdm(it, desc=desc, total=total, unit="img", leave=False)
         except ImportError:
             progress = None
-    try:
-        options = parse_options(args.option)
-        for key, value in (("max_drop", args.max_drop), ("min_agreement", args.min_agreement)):
-            if value is not None:
-                options[key] = value
-        with json_stdout_guard(args.json), quiet_converters(args):
-            # The model's trained weights unless --weights or --random-init, as `edgevit export` does.
-            model = resolve_weights_model(args.model, args.weights)
-            pretrained = trained_by_default(args, model)
-            table = compare_precisions(
-                model, args.target, args.precision, weights=args.weights, pretrained=pretrained,
-                data=args.data, split=args.split, limit=args.limit, calibration=args.calibration, options=options,
-                relax=args.relax, out=args.out, force=args.force, runs=args.runs, threads=args.threads,
-                progress=progress,
-            )
-    except _usage_errors() as exc:
-        if getattr(args, "debug", False):
-            raise
-        print(f"Error: {safe_text(str(exc))}", file=sys.stderr)
-        return 2
+    options = parse_options(args.option)
+    for key, value in (("max_drop", args.max_drop), ("min_agreement", args.min_agreement)):
+        if value is not None:
+            options[key] = value
+    with json_stdout_guard(args.json), quiet_converters(args):
+        # The model's trained weights unless --weights or --random-init, as `edgevit export` does.
+        model = resolve_weights_model(args.model, args.weights)
+        pretrained = trained_by_default(args, model)
+        table = compare_precisions(
+            model, args.target, args.precision, weights=args.weights, pretrained=pretrained,
+            data=args.data, split=args.split, limit=args.limit, calibration=args.calibration, options=options,
+            relax=args.relax, out=args.out, force=args.force, runs=args.runs, threads=args.threads,
+            progress=progress,
+        )
     if table.evaluation and not args.no_record:
         from edgevit.measure.results import record_eval
 

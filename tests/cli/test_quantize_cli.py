@@ -1,4 +1,4 @@
-"""`edgevit quantize`: the table, --json, and `Error:` with exit status 2 for mistakes in the arguments
+"""`edgevit quantize`: the table, --json, and `Error:` with exit status 1 (as every command) for mistakes in the arguments
 (nothing left under --out)."""
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     (["--target", "tflite", "--weights", "{tmp}/none.safetensors"], "no such weights file"),
     (["--target", "tflitee"], "tflite"),
 ])
-def test_mistakes_exit_2_with_an_error_line_and_leave_nothing(tmp_path, capsys, args, words):
+def test_mistakes_exit_1_with_an_error_line_and_leave_nothing(tmp_path, capsys, args, words):
     out = tmp_path / "out"
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    assert main(["quantize", "vit_fmnist_tiny", *args, "--out", str(out)]) == 2
+    assert main(["quantize", "vit_fmnist_tiny", *args, "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("Error: ") and words in err and "Traceback" not in err
     assert not out.exists()
@@ -59,10 +59,10 @@ def test_table_and_json(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["vit_fmnist_tiny_onnx_fp32.onnx",
                                                       "vit_fmnist_tiny_onnx_int8-dynamic.onnx"]
 
-    # The same again into the same folder: the artifacts are in the way -> exit 2, they stay as they were.
+    # The same again into the same folder: the artifacts are in the way -> exit 1, they stay as they were.
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     res = _cli(*common, "--precision", "int8-dynamic", "--out", str(out), "--no-record")
-    assert res.returncode == 2 and res.stderr.startswith("Error: ") and "--force" in res.stderr
+    assert res.returncode == 1 and res.stderr.startswith("Error: ") and "--force" in res.stderr
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
     res = _cli(*common, "--precision", "fp32", "--runs", "5", "--json", "--no-record")  # no --out: nothing kept
