@@ -216,6 +216,8 @@ def lower(model: torch.nn.Module, example: torch.Tensor, metadata: ArtifactMetad
     ``restamp`` (optional) gets the sealed program and the report and returns new metadata; the
     program is then emitted again with it (emission only: the lowering is not repeated). The
     speed check uses it to write the program's own timing into its metadata."""
+    import copy
+
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -228,6 +230,9 @@ def lower(model: torch.nn.Module, example: torch.Tensor, metadata: ArtifactMetad
         methods = {METADATA_KEY: metadata.to_json(), DIGEST_METHOD: PLACEHOLDER.decode("ascii")}
         edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()], constant_methods=methods)
         report = delegation_report(edge.exported_program().graph_module)
+        # to_executorch() rewrites the edge program in place (out-variants), so a second emission
+        # needs an untouched copy
+        spare = copy.deepcopy(edge) if restamp is not None else None
         stage = "to_executorch"
         buffer = edge.to_executorch().buffer
     except Exception as exc:
@@ -235,9 +240,12 @@ def lower(model: torch.nn.Module, example: torch.Tensor, metadata: ArtifactMetad
     if restamp is None:
         return _seal(buffer), report
     again = restamp(_seal(buffer), report)
-    methods[METADATA_KEY] = again.to_json()  # the manager holds this dict: emit once more with it
+    constants = getattr(spare, "_config_methods", None)  # where ExecuTorch 1.5 keeps the constant methods
+    if not (isinstance(constants, dict) and METADATA_KEY in constants):
+        return lower(model, example, again)[0], report  # another ExecuTorch: lower again (slower, same program)
+    constants[METADATA_KEY] = again.to_json()
     try:
-        buffer = edge.to_executorch().buffer
+        buffer = spare.to_executorch().buffer
     except Exception as exc:
         raise ConversionError(_describe_failure("to_executorch", exc), op=_failing_op(exc)) from exc
     data = _seal(buffer)
