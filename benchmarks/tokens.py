@@ -158,6 +158,7 @@ def bench_fmnist(work: Path, reductions, test_images: int, finetune_images: int,
     from edgevit.compress.loop import LoopConfig
     from edgevit.compress.tokens import recover, reduce_tokens, speedup_estimate, token_counts
     from edgevit.data.datasets import Dataset, load_dataset
+    from edgevit.errors import ConfigError
     from edgevit.models.weights import load_weights
 
     teacher = build_base().eval()
@@ -175,7 +176,12 @@ def bench_fmnist(work: Path, reductions, test_images: int, finetune_images: int,
         if spelling == "none":
             row, model = {"reduction": "none", "tokens": [197], "token_blocks": 1.0, "top1_float": base_top1}, teacher
         else:
-            model = reduce_tokens(copy.deepcopy(teacher), spelling)
+            try:
+                model = reduce_tokens(copy.deepcopy(teacher), spelling)
+            except ConfigError as exc:  # e.g. top-k on a model without a class token
+                rows.append({"reduction": spelling, "error": str(exc)})
+                _say(spelling, exc)
+                continue
             row = {"reduction": spelling, "tokens": token_counts(model), "top1_float": base_top1,
                    "token_blocks": model.edgevit_tokens["token_blocks"],
                    "block_speedup_estimate": speedup_estimate(model), "top1_reduced": _top1_torch(model, x, labels)}

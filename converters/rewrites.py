@@ -228,7 +228,8 @@ class EdgeRewriteConfig:
     embedding in every forward when exported (a bicubic antialiased interpolate no converter lowers,
     the identity at the native size); at its native grid it is switched to the static path.
     ``mobilevit``: MobileViT (v1, v2) blocks without their unfold/fold transposes, v2's GroupNorm
-    in keep-dims form (with ``attention="bmm"``; :mod:`edgevit.converters.rewrites_mobilevit`).
+    in keep-dims form (with ``attention="bmm"``, v2 only with ``layer_norm="keep"``;
+    :mod:`edgevit.converters.rewrites_mobilevit`).
     """
 
     attention: str = "bmm"
@@ -378,6 +379,14 @@ def _mobilevit(c: EdgeRewriteConfig) -> bool:
     return c.mobilevit and c.attention == "bmm"
 
 
+def _mobilevit_v2(c: EdgeRewriteConfig) -> bool:
+    """v2's map form is for the channels-last TFLite lowering (LayerNorm kept as the runtime lowers
+    it). ExecuTorch's XNNPACK (the ``layer_norm="linear"`` configuration) takes neither its
+    keep-dims means over channels nor its sums (measured: 70 partitions, against 40 with the
+    attention rule alone), so there the ``linear_self_attention`` rule is kept."""
+    return _mobilevit(c) and c.layer_norm == "keep"
+
+
 def _mobilevit_build(build: Callable[[nn.Module], nn.Module]) -> Callable[[nn.Module], nn.Module]:
     """``build``, with a block it cannot take exactly kept and reported (skipped)."""
 
@@ -395,7 +404,7 @@ def _mobilevit_rules() -> tuple[_Rule, ...]:
         _Rule("mobilevit_block", ("timm.models.mobilevit:MobileVitBlock",), _mobilevit_build(EdgeMobileVitBlock),
               _mobilevit, True),
         _Rule("mobilevit_v2_block", ("timm.models.mobilevit:MobileVitV2Block",),
-              _mobilevit_build(EdgeMobileVitV2Block), _mobilevit, True),
+              _mobilevit_build(EdgeMobileVitV2Block), _mobilevit_v2, True),
     )
 
 # ---- end of the MobileViT rules ------------------------------------------------------------------

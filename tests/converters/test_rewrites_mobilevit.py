@@ -53,9 +53,11 @@ def photos_batch(photos):
     return torch.cat([torch.from_numpy(preprocess(img, meta)) for _, img in photos[:2]])
 
 
-@pytest.mark.parametrize("name", list(BLOCKS))
-@pytest.mark.parametrize("config", [EdgeRewriteConfig(), EdgeRewriteConfig(layer_norm="linear")],
-                         ids=["tflite", "executorch"])
+@pytest.mark.parametrize("name, config", [
+    ("mobilevit_xxs", EdgeRewriteConfig()),  # TFLite's configuration
+    ("mobilevit_xxs", EdgeRewriteConfig(layer_norm="linear")),  # ExecuTorch's
+    ("mobilevitv2_050", EdgeRewriteConfig()),  # TFLite only (see the next test)
+], ids=["v1-tflite", "v1-executorch", "v2-tflite"])
 def test_rewritten_mobilevit_matches_timm_on_real_photos(name, config, photos_batch):
     ref = _model(name)
     new = copy.deepcopy(ref)
@@ -102,6 +104,12 @@ def test_blocks_the_rewrite_cannot_take_are_kept_and_reported():
     report = edge_rewrite(model)
     assert report.replaced["mobilevit_v2_block"] == 2
     assert any("groups" in why for why in report.skipped.values()), report.skipped
+
+
+def test_v2_keeps_the_attention_rule_in_executorchs_configuration():
+    """ExecuTorch's XNNPACK takes neither the map form's channel means nor its sums."""
+    report = edge_rewrite(_model("mobilevitv2_050"), EdgeRewriteConfig(layer_norm="linear"))
+    assert "mobilevit_v2_block" not in report.replaced and report.replaced["linear_self_attention"] == 9
 
 
 def test_the_switch_turns_the_mobilevit_rules_off():
