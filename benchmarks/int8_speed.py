@@ -126,8 +126,16 @@ def bench_export(models, targets, results: dict, repeats: int, modes=("cached", 
                         done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
                         line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
                         rows[mode].append(json.loads(line[7:]) if line else {"error": done.stderr.strip()[-600:]})
-                        print(f"[int8_speed]   {rows[mode][-1].get('wall_seconds', 'failed')} s", file=sys.stderr, flush=True)
+                        print(f"[int8_speed]   {json.dumps(rows[mode][-1])}", file=sys.stderr, flush=True)
                 rows["load_average_after"] = os.getloadavg()
+                fresh = _load()  # another run may have written the file since this one read it
+                for section in ("export", "latency", "onnx_recipes"):
+                    for key, value in fresh.get(section, {}).items():
+                        if key not in results[section]:
+                            results[section][key] = value
+                        elif section == "export":
+                            for t, v in value.items():
+                                results[section][key].setdefault(t, v)
                 previous = results["export"].get(model, {}).get(target, {})
                 for mode in ("cached", "uncached"):  # a mode not run now keeps its earlier figures
                     if not rows[mode] and previous.get(mode):

@@ -114,9 +114,10 @@ class SpeedCheck:
         return out
 
     def warning(self) -> str:
+        cause = self.cause or f"the runtime's {self.precision} kernels are slower here"
         return (f"the {self.precision} artifact is slower than its fp32 twin on this host "
                 f"({self.optimized_ms:.2f} ms vs {self.fp32_ms:.2f} ms, {self.speedup:.2f}x, {self.runtime}, "
-                f"{self.threads} threads): {self.cause or 'the runtime’s ' + self.precision + ' kernels are slower here'}. "
+                f"{self.threads} threads): {cause}. "
                 f"Export --precision fp32 for speed (or keep {self.precision} for its size)")
 
     def summary(self) -> str:
