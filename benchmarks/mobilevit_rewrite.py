@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--targets", nargs="+", default=["tflite", "executorch"])
     p.add_argument("--precisions", nargs="+", default=["fp32", "int8"])
-    p.add_argument("--recipe", default="naive", choices=["naive", "vit-aware"])
+    p.add_argument("--recipe", default="vit-aware", choices=["naive", "vit-aware"])
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=RESULTS)

@@ -395,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-images", type=int, default=3000)
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--runs", type=int, default=30)
-    p.add_argument("--recipe", default="naive", choices=["naive", "vit-aware"], help="int8 recipe")
+    p.add_argument("--recipe", default="vit-aware", choices=["naive", "vit-aware"],
+                   help="int8 recipe (naive int8 leaves LayerNorm, softmax, GELU and attention matmuls outside XNNPACK)")
     args = p.parse_args(argv)
     import edgevit.converters  # noqa: F401  (torchvision compatibility before timm)
 
