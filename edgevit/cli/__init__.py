@@ -122,6 +122,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    if not getattr(args, "verbose", False):
+        # Other libraries' deprecation notices (torch's pytree, timm, transformers) are not
+        # edgevit's output; --verbose shows them.
+        import warnings
+
+        for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
+            warnings.filterwarnings("ignore", category=category)
     try:
         return int(args._run(args) or 0)
     except ModuleNotFoundError as exc:
