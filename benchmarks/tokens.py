@@ -173,18 +173,19 @@ def bench_fmnist(work: Path, reductions, test_images: int, finetune_images: int,
     base_top1 = _top1_torch(teacher, x, labels)
     rows = []
     for spelling in reductions:
+        n0 = teacher.grid[0] * teacher.grid[1] + teacher.num_prefix
         if spelling == "none":
-            row, model = {"reduction": "none", "tokens": [197], "token_blocks": 1.0, "top1_float": base_top1}, teacher
+            row, model = {"reduction": "none", "tokens": [n0], "token_blocks": 1.0, "top1_float": base_top1}, teacher
         else:
-            try:
-                model = reduce_tokens(copy.deepcopy(teacher), spelling)
+            try:  # "none+ft": the control, the same fine-tune without reduction
+                model = copy.deepcopy(teacher) if spelling == "none+ft" else reduce_tokens(copy.deepcopy(teacher), spelling)
             except ConfigError as exc:  # e.g. top-k on a model without a class token
                 rows.append({"reduction": spelling, "error": str(exc)})
                 _say(spelling, exc)
                 continue
-            row = {"reduction": spelling, "tokens": token_counts(model), "top1_float": base_top1,
-                   "token_blocks": model.edgevit_tokens["token_blocks"],
-                   "block_speedup_estimate": speedup_estimate(model), "top1_reduced": _top1_torch(model, x, labels)}
+            row = {"reduction": spelling, "tokens": token_counts(model) or [n0], "top1_float": base_top1,
+                   "token_blocks": model.edgevit_tokens["token_blocks"] if spelling != "none+ft" else 1.0,
+                   "block_speedup_estimate": speedup_estimate(model) or 1.0, "top1_reduced": _top1_torch(model, x, labels)}
             t0 = time.perf_counter()
             recover(model, teacher, tune, LoopConfig(epochs=finetune_epochs, batch_size=64, lr=5e-4, warmup_epochs=0.2,
                                                      threads=2, deterministic=False), spec=base_spec())
@@ -247,7 +248,7 @@ def _merge_fmnist(rows: list[dict] | None = None, latency: dict[str, float] | No
         by_name = {r["reduction"]: r for r in part["rows"]}
         for row in rows or []:
             by_name[row["reduction"]] = row
-        order = ["none", *REDUCTIONS]
+        order = ["none", "none+ft", *REDUCTIONS]
         part["rows"] = sorted(by_name.values(), key=lambda r: order.index(r["reduction"]) if r["reduction"] in order else 99)
         if latency:
             base = latency.get("none/fp32")
@@ -355,12 +356,15 @@ def render(data: dict) -> str:
     out = ["# Token reduction: accuracy and TFLite speed", ""]
     f = data.get("fmnist")
     if f:
-        out += [f"## {f['model']} (Fashion-MNIST, 56 px, patch 4: 196 tokens + class token); test top-1 on the first "
+        out += [f"## {f['model']} (Fashion-MNIST, 56 px, stride-4 conv stem: 196 tokens, token average); test top-1 on the first "
                 f"{f.get('test_images')} test images; int8 recipe {f.get('int8_recipe')}; {f.get('measured')}", "",
                 "| reduction | tokens | token-blocks | top-1 float | after reduction | after fine-tune | TFLite fp32 top-1 | "
                 "TFLite int8 top-1 | fp32 ms | int8 ms | fp32 speed-up | int8 speed-up | ops outside XNNPACK (fp32) |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in f["rows"]:
+            if "error" in r:
+                out.append(f"| {r['reduction']} | refused: {r['error']} |" + " |" * 11)
+                continue
             a, b = r.get("tflite_fp32", {}), r.get("tflite_int8", {})
             d = a.get("delegation") or {}
             out.append(f"| {r['reduction']} | {r['tokens']} | {r['token_blocks']} | {r.get('top1_float', '')} | "
