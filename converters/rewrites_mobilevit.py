@@ -27,9 +27,9 @@ its latency change stays inside this machine's noise (after/before 0.79 to 1.12 
 interleaved runs, median about 1.0): an ablation that drops the unfold/fold
 entirely (wrong math, same shapes) is no faster, while dropping the transformers makes the model
 2.5x faster; the time is in the attention/MLP/LayerNorm of the 2 x 2-patch transformers, not in
-the reshapes. For MobileViTv2-0.5 the rewrite is what makes the TFLite graph run whole inside
-XNNPACK (519 operators, 1 partition; before: 42 ``BROADCAST_TO`` from ``group_norm`` left on
-TFLite's kernels, 22 partitions). On ExecuTorch the v2 map form is not applied (the rule is
+the reshapes. MobileViTv2-0.5's TFLite graph runs whole inside XNNPACK with 519 operators, 1
+partition (the attention-only edge form: 642 through ``edgevit export``; converted directly with
+``litert_torch.convert`` it left 42 ``BROADCAST_TO`` from ``group_norm`` outside, 22 partitions). On ExecuTorch the v2 map form is not applied (the rule is
 TFLite's, see ``converters/rewrites.py``): XNNPACK there takes neither the channel means nor the
 sums (70 partitions, against 40 with the attention-only rule); v1 lowers whole either way
 (655 -> 601 nodes, 1 partition).
