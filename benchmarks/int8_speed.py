@@ -69,6 +69,19 @@ def _save(results: dict) -> None:
     RESULTS.with_suffix(".md").write_text(render(results))
 
 
+def _store(results: dict, section: str, model: str, target: str | None, rows: dict) -> None:
+    """Write one row over what the file holds now (another run may have written it since this one
+    read it), and keep ``results`` equal to the file."""
+    fresh = _load()
+    if target is None:
+        fresh.setdefault(section, {})[model] = rows
+    else:
+        fresh.setdefault(section, {}).setdefault(model, {})[target] = rows
+    results.clear()
+    results.update(fresh)
+    _save(results)
+
+
 def _calibration(folder: Path) -> Path:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from quantize import _photo_crops  # the speed table's calibration: crops of the installed photos
@@ -128,20 +141,11 @@ def bench_export(models, targets, results: dict, repeats: int, modes=("cached", 
                         rows[mode].append(json.loads(line[7:]) if line else {"error": done.stderr.strip()[-600:]})
                         print(f"[int8_speed]   {json.dumps(rows[mode][-1])}", file=sys.stderr, flush=True)
                 rows["load_average_after"] = os.getloadavg()
-                fresh = _load()  # another run may have written the file since this one read it
-                for section in ("export", "latency", "onnx_recipes"):
-                    for key, value in fresh.get(section, {}).items():
-                        if key not in results[section]:
-                            results[section][key] = value
-                        elif section == "export":
-                            for t, v in value.items():
-                                results[section][key].setdefault(t, v)
-                previous = results["export"].get(model, {}).get(target, {})
+                previous = _load()["export"].get(model, {}).get(target, {})
                 for mode in ("cached", "uncached"):  # a mode not run now keeps its earlier figures
                     if not rows[mode] and previous.get(mode):
                         rows[mode] = previous[mode]
-                results["export"].setdefault(model, {})[target] = rows
-                _save(results)
+                _store(results, "export", model, target, rows)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,8 +186,7 @@ def bench_latency(models, targets, results: dict, runs: int) -> None:
                     rows[precision]["speedup_vs_fp32"] = round(latency["fp32"] / ms, 2)
                 rows["_timing"] = {"runs": runs, "threads": THREADS, "load_average_before": before,
                                    "load_average_after": os.getloadavg()}
-                results["latency"].setdefault(model, {})[target] = rows
-                _save(results)
+                _store(results, "latency", model, target, rows)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -284,8 +287,7 @@ def bench_onnx_recipes(models, results: dict, runs: int) -> None:
                            "bytes": path.stat().st_size, "optimized_op_types": dict(ops.most_common(10))}
             rows["_timing"] = {"runs": runs, "threads": THREADS, "load_average_after": os.getloadavg(),
                                "cosine_on": f"{len(held_out)} held-out photo crops"}
-            results["onnx_recipes"][model] = rows
-            _save(results)
+            _store(results, "onnx_recipes", model, None, rows)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -371,7 +373,8 @@ def main(argv=None) -> int:
         bench_latency(args.models or MODELS, args.targets, results, args.runs)
     if args.table in ("onnx-recipes", "all"):
         bench_onnx_recipes(args.models or MODELS, results, args.runs)
-    _save(results)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.with_suffix(".md").write_text(render(_load()))
     return 0
 
 
