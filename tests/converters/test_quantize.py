@@ -500,14 +500,16 @@ def test_norm_role_covers_rewritten_norms_but_not_conv_or_linear_composites(cls_
 
 
 def test_benchmark_profile_table_classes_kernels_and_bounds_the_speedup():
+    from edgevit.measure.quantization import kernel_class  # moved there from the benchmark
+
     bench = _bench_module()
-    assert bench._kernel_class("Fully Connected (NC, QS8, QC8W) GEMM") == "int8"
-    assert bench._kernel_class("Convolution (NHWC, QC8) IGEMM") == "int8"
-    assert bench._kernel_class("Transpose (ND, X8)") == "int8"
-    assert bench._kernel_class("Batch Matrix Multiply (NC, F32, QC8W) GEMM") == "fp32"  # fp32 activations
-    assert bench._kernel_class("Batch Matrix Multiply (NC, F32) GEMM") == "fp32"
-    assert bench._kernel_class("Sigmoid (NC)") == "fp32" and bench._kernel_class("Convert (NC)") == "convert"
-    assert bench._kernel_class("Multiply (ND)") == "elementwise" and bench._kernel_class("DELEGATE_CALL") == "total"
+    assert kernel_class("Fully Connected (NC, QS8, QC8W) GEMM") == "int8"
+    assert kernel_class("Convolution (NHWC, QC8) IGEMM") == "int8"
+    assert kernel_class("Transpose (ND, X8)") == "int8"
+    assert kernel_class("Batch Matrix Multiply (NC, F32, QC8W) GEMM") == "fp32"  # fp32 activations
+    assert kernel_class("Batch Matrix Multiply (NC, F32) GEMM") == "fp32"
+    assert kernel_class("Sigmoid (NC)") == "fp32" and kernel_class("Convert (NC)") == "convert"
+    assert kernel_class("Multiply (ND)") == "elementwise" and kernel_class("DELEGATE_CALL") == "total"
     profile = {"mobilevit_xxs": {
         "fp32": {"kernels_ms": {}, "by_class_ms": {"fp32": 12.0, "elementwise": 0.5, "total": 13.0}},
         "int8": {"kernels_ms": {"Batch Matrix Multiply (NC, F32) GEMM": 2.5, "Fully Connected (NC, QS8, QC8W) GEMM": 2.0},
