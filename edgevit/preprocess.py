@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import Union
 
@@ -101,11 +100,11 @@ def load_image(source: ImageInput, mode: str = "RGB") -> Image.Image:
         if path.stat().st_size == 0:
             raise ImageError(f"{path} is empty (0 bytes)")
         try:
-            with warnings.catch_warnings():
-                # Pillow warns above its limit and refuses above twice it; both become one refusal
-                # here, quoting one limit (edgevit's, which is Pillow's own threshold).
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(path)
+            # Pillow warns above its limit and refuses above twice it; both become one refusal
+            # here, quoting one limit (edgevit's, which is Pillow's own threshold). The CLI turns
+            # the warning into an error for its own process (edgevit.cli.main); no process-wide
+            # filter is changed here (warnings.catch_warnings is not thread-safe).
+            img = Image.open(path)
             if img.width * img.height > MAX_PIXELS:
                 raise ImageError(_too_large(str(path), img.width, img.height))
             img.load()

@@ -122,11 +122,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    # Pillow's decompression-bomb warning becomes the one clean `Error:` of edgevit.preprocess
+    # (matched by its text: importing Pillow here would slow every command).
+    import warnings
+
+    warnings.filterwarnings("error", message=r"Image size \(\d+ pixels\) exceeds limit", category=RuntimeWarning)
     if not getattr(args, "verbose", False):
         # Other libraries' deprecation notices (torch's pytree, timm, transformers) are not
         # edgevit's output; --verbose shows them.
-        import warnings
-
         for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
             warnings.filterwarnings("ignore", category=category)
     try:

@@ -49,9 +49,8 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             if args.json:
                 emit_json({"image": image, "error": str(exc)})
-            else:
-                sys.stdout.flush()
-                print(f"Error: {safe_text(str(exc))}", file=sys.stderr)
+            sys.stdout.flush()
+            print(f"Error: {safe_text(str(exc))}", file=sys.stderr)
             continue
         if args.json:
             emit_json({"image": image, "integrity": integrity, "top_k": [p.to_dict() for p in preds]})
@@ -64,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {p.score:7.2%}  {safe_text(p.label)}  ({p.index})")
         done += 1
     if failed:
-        sys.stdout.flush()
-        print(f"Error: {failed} of {failed + done} images could not be classified (see above)", file=sys.stderr)
+        if failed + done > 1:  # one image: its own Error: line says it all
+            sys.stdout.flush()
+            print(f"Error: {failed} of {failed + done} images could not be classified (see above)", file=sys.stderr)
         return 1
     return 0
