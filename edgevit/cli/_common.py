@@ -8,8 +8,9 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["MODEL_SOURCE_HELP", "add_class_arguments", "add_weights_arguments", "expand_images",
-           "format_bytes", "parse_options", "print_export_result", "progress_enabled", "quiet_converters"]
+__all__ = ["MODEL_SOURCE_HELP", "add_class_arguments", "add_weights_arguments", "expand_images", "format_bytes",
+           "image_progress", "parse_options", "print_export_result", "progress_enabled", "quiet_converters",
+           "trained_by_default"]
 
 
 def add_weights_arguments(p: argparse.ArgumentParser, random_init: bool = False) -> None:
@@ -144,6 +145,22 @@ def format_bytes(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n} B"
+
+
+def image_progress(args: argparse.Namespace) -> Any:
+    """A ``progress(iterable, desc, total)`` wrapper drawing a tqdm bar of images, or None when
+    bars are off (not a terminal, ``--json``) or tqdm is missing."""
+    if not progress_enabled(args):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+
+    def progress(it, desc, total):
+        return tqdm(it, desc=desc, total=total, unit="img", leave=False)
+
+    return progress
 
 
 def progress_enabled(args: argparse.Namespace) -> bool:

@@ -37,18 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgevit.cli import emit_json, json_stdout_guard, print_table
-    from edgevit.cli._common import progress_enabled
+    from edgevit.cli._common import image_progress
     from edgevit.measure.evaluate import evaluate
 
-    progress = None
-    if progress_enabled(args):
-        try:
-            from tqdm import tqdm
-
-            def progress(it, desc, total):
-                return tqdm(it, desc=desc, total=total, unit="img", leave=False)
-        except ImportError:
-            progress = None
+    progress = image_progress(args)
     with json_stdout_guard(args.json):
         report = evaluate(
             args.artifacts,

@@ -59,19 +59,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgevit.cli import emit_json, json_stdout_guard, print_table
-    from edgevit.cli._common import parse_options, progress_enabled, quiet_converters, trained_by_default
+    from edgevit.cli._common import image_progress, parse_options, quiet_converters, trained_by_default
     from edgevit.cli.export import resolve_weights_model
     from edgevit.measure.quantization import compare_precisions, describe_lines, format_precision_table
 
-    progress = None
-    if progress_enabled(args):
-        try:
-            from tqdm import tqdm
-
-            def progress(it, desc, total):
-                return tqdm(it, desc=desc, total=total, unit="img", leave=False)
-        except ImportError:
-            progress = None
+    progress = image_progress(args)
     options = parse_options(args.option)
     for key, value in (("max_drop", args.max_drop), ("min_agreement", args.min_agreement)):
         if value is not None:
