@@ -934,8 +934,11 @@ def test_disk_full_during_export_leaves_nothing_and_keeps_the_old_artifact(targe
 
 
 _SIGINT_DRIVER = r"""
-import sys, time
+import signal, sys, time
 from pathlib import Path
+# A child inherits an ignored SIGINT from its parent (an earlier test in the same pytest process
+# can leave SIGINT at SIG_IGN): give it Python's usual Ctrl-C behaviour, as a terminal does.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from edgevit.converters.base import get_converter
 
 marker, target = Path(sys.argv[1]), sys.argv[2]
