@@ -51,3 +51,22 @@ def bench_weights(model: str, out: Path) -> Path:
             head.weight.mul_(20.0)
     save_weights(net, path)
     return path
+
+
+def photo_crops(folder: Path, count: int = 48) -> Path:
+    """``count`` random square crops of the installed real photos saved into ``folder``: the
+    calibration set of the ImageNet-shaped benchmark models (seeded, so runs agree)."""
+    import numpy as np
+
+    from edgevit.data.samples import natural_photos
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    photos = natural_photos()
+    for i in range(count):
+        name, img = photos[i % len(photos)]
+        w, h = img.size
+        s = int(min(w, h) * rng.uniform(0.45, 0.95))
+        x, y = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
+        img.crop((x, y, x + s, y + s)).save(folder / f"{i:03d}_{name}.png")
+    return folder

@@ -84,11 +84,11 @@ def _store(results: dict, section: str, model: str, target: str | None, rows: di
 
 def _calibration(folder: Path) -> Path:
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from quantize import _photo_crops  # the speed table's calibration: crops of the installed photos
+    from _weights import photo_crops  # the speed table's calibration: crops of the installed photos
 
     folder.mkdir(parents=True, exist_ok=True)
     if not any(folder.iterdir()):
-        _photo_crops(folder)
+        photo_crops(folder)
     return folder
 
 

@@ -65,23 +65,6 @@ def without_mobilevit_rules(model):
     return model
 
 
-def photo_crops(folder: Path, count: int = 64) -> Path:
-    import numpy as np
-
-    from edgevit.data.samples import natural_photos
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    photos = natural_photos()
-    for i in range(count):
-        name, img = photos[i % len(photos)]
-        w, h = img.size
-        s = int(min(w, h) * rng.uniform(0.45, 0.95))
-        x, y = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
-        img.crop((x, y, x + s, y + s)).save(folder / f"{i:03d}_{name}.png")
-    return folder
-
-
 def run(models, targets, precisions, recipe: str, runs: int, threads: int) -> dict:
     from edgevit.converters import export
     from edgevit.converters.base import get_converter
@@ -93,7 +76,9 @@ def run(models, targets, precisions, recipe: str, runs: int, threads: int) -> di
 
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        calib = photo_crops(Path(tmp) / "calibration")
+        from _weights import photo_crops  # benchmarks/_weights.py (this folder is on sys.path)
+
+        calib = photo_crops(Path(tmp) / "calibration", count=64)
         for name in models:
             spec = get_spec(name)
             after = seeded(name)

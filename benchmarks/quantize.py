@@ -54,7 +54,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 # On shared or small CPUs OpenMP threads that spin while waiting make torch several times slower
 # (`edgevit` sets the same in its main); before torch is imported.
@@ -149,21 +148,6 @@ def _step(name: str):
 # speed and size
 
 
-def _photo_crops(folder: Path, count: int = 48) -> Path:
-    """Crops of the installed real photos (calibration for ImageNet-shaped models)."""
-    from edgevit.data.samples import natural_photos
-
-    rng = np.random.default_rng(0)
-    photos = natural_photos()
-    for i in range(count):
-        name, img = photos[i % len(photos)]
-        w, h = img.size
-        s = int(min(w, h) * rng.uniform(0.45, 0.95))
-        x, y = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
-        img.crop((x, y, x + s, y + s)).save(folder / f"{i:03d}_{name}.png")
-    return folder
-
-
 def _wait_for(pid: int | None) -> None:
     """Block until process ``pid`` has ended (time nothing while one's own other job still runs)."""
     while pid:
@@ -203,7 +187,9 @@ def bench_speed(models, targets, runs: int, results: dict, wait_pid: int | None 
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "calibration").mkdir()
-        calib = _photo_crops(Path(tmp) / "calibration")
+        from _weights import photo_crops  # benchmarks/_weights.py (this folder is on sys.path)
+
+        calib = photo_crops(Path(tmp) / "calibration")
         exported = []
         for model in models:
             for target in targets:
@@ -365,7 +351,9 @@ def profile_int8(models, runs: int, results: dict) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "calibration").mkdir()
-        calib = _photo_crops(Path(tmp) / "calibration")
+        from _weights import photo_crops  # benchmarks/_weights.py (this folder is on sys.path)
+
+        calib = photo_crops(Path(tmp) / "calibration")
         for model in models:
             with _step(f"{model} executorch fp32 + int8 export + profile"):
                 profiles = profile_precisions(model, ("fp32", "int8"), calibration=calib, options={"min_cosine": 0.5},

@@ -299,7 +299,7 @@ def bench_deit(reductions, runs: int, recipe: str) -> dict:
     rows, paths = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         sys.path.insert(0, str(REPO / "benchmarks"))
-        from mobilevit_rewrite import photo_crops
+        from _weights import photo_crops
 
         calib = photo_crops(Path(tmp) / "calibration")
         for spelling in ("none", *reductions):

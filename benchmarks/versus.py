@@ -225,12 +225,12 @@ def main(argv=None) -> int:
     if not args.render:
         sys.path.insert(0, str(REPO / "benchmarks"))
         from _weights import bench_weights
-        from quantize import _photo_crops
+        from _weights import photo_crops
 
         with tempfile.TemporaryDirectory() as tmp:
             calibration = Path(tmp) / "calibration"
             calibration.mkdir()
-            _photo_crops(calibration)
+            photo_crops(calibration)
             for model in args.models:
                 entries = export_all(model, Path(tmp) / model, calibration, bench_weights(model, Path(tmp)))
                 figures = time_all(entries, args.rounds, args.runs, args.threads)
