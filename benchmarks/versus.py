@@ -11,6 +11,8 @@ load and cache state hit every entry alike. Weights: seeded, non-degenerate (``_
 
     python benchmarks/versus.py                                   # the four models of the issue
     python benchmarks/versus.py --models deit_tiny_patch16_224 --rounds 3 --runs 30
+    python benchmarks/versus.py --phase export                    # exports only (resumable, any machine)
+    python benchmarks/versus.py --phase time --readme             # then time them on a quiet machine
     python benchmarks/versus.py --render                          # re-render from the .json
     python benchmarks/versus.py --readme                          # ... and write the README table
 
@@ -40,6 +42,9 @@ README = REPO / "README.md"
 MODELS = ("deit_tiny_patch16_224", "mobilevit_xxs", "efficientvit_b0", "swin_tiny_patch4_window7_224")
 TARGETS = ("tflite", "executorch", "onnx")
 START, END = "<!-- versus:start -->", "<!-- versus:end -->"
+TOKENS = "pool:6"  # 2x2 pooling of the patch grid after block 6 of 12 (196 -> 49 tokens; benchmarks/tokens.py)
+TOKENS_LABEL = f"+tokens {TOKENS}"
+ARTIFACTS = Path.home() / ".cache" / "edgevit" / "versus"
 
 
 def _log(msg: str) -> None:
@@ -59,8 +64,14 @@ def export_all(model: str, out: Path, calibration: Path, weights: Path) -> dict[
         plan.append((f"plain {target} fp32", target, "fp32", {"rewrite": False}))
         plan.append((f"edgevit {target} fp32", target, "fp32", None))
         plan.append((f"edgevit {target} int8", target, "int8", {"speed_check": False}))
-    entries: dict[str, dict] = {}
+    if _plain_vit(model):  # token reduction (issue #17, item 1) applies to plain ViTs only
+        plan.append((f"edgevit tflite int8 {TOKENS_LABEL}", "tflite", "int8", {"speed_check": False, "tokens": TOKENS}))
+    manifest = out / "entries.json"
+    entries: dict[str, dict] = json.loads(manifest.read_text()) if manifest.is_file() else {}
     for label, target, precision, options in plan:
+        if Path(entries.get(label, {}).get("path", "/nonexistent")).exists():
+            _log(f"{model}: {label} already exported ({entries[label]['export_seconds']} s), kept")
+            continue
         _log(f"{model}: export {label}")
         t = time.perf_counter()
         try:
@@ -71,14 +82,35 @@ def export_all(model: str, out: Path, calibration: Path, weights: Path) -> dict[
             continue
         entries[label] = {"kind": "edgevit", "path": str(r.path), "target": target, "precision": precision,
                           "bytes": r.bytes, "export_seconds": round(time.perf_counter() - t, 1),
+                          "load_average": os.getloadavg()[0],
                           "verified": bool(r.verification and r.verification.passed),
-                          "kept_out_of_int8": (r.details.get("quantization", {}).get("search") or {}).get("kept")}
+                          "kept_out_of_int8": (r.details.get("quantization", {}).get("search") or {}).get("kept"),
+                          "tokens": (r.details.get("tokens") or {}).get("tokens")}
+        out.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps(entries, indent=1))  # after each export: a stopped run resumes here
+    return entries
+
+
+def with_peers(model: str, entries: dict[str, dict], weights: Path) -> dict[str, dict]:
+    """``entries`` plus the peers timed beside them: OpenVINO on both ONNX files, torch eager."""
+    entries = dict(entries)
     if _has_openvino():
         for source in ("plain onnx fp32", "edgevit onnx fp32"):
             if "path" in entries.get(source, {}):
                 entries[f"OpenVINO ({source.split()[0]} ONNX)"] = {"kind": "openvino", "path": entries[source]["path"]}
+    else:
+        _log("openvino is not installed (pip install -e .[bench-peers]): no OpenVINO column")
     entries["torch eager"] = {"kind": "torch", "model": model, "weights": str(weights)}
     return entries
+
+
+def _plain_vit(model: str) -> bool:
+    import edgevit.converters  # noqa: F401  (timm's import needs edgevit's compatibility step first)
+    from timm.models.vision_transformer import VisionTransformer
+
+    from edgevit.models import create_model
+
+    return isinstance(create_model(model), VisionTransformer)
 
 
 def _has_openvino() -> bool:
@@ -167,8 +199,10 @@ def _best(row: dict, prefix: str, precision: str) -> tuple[str, float] | None:
 
 def render(results: dict) -> str:
     m = results.get("machine", {})
-    lines = ["| model | best plain fp32 | OpenVINO (same ONNX) | edgevit fp32 best | edgevit int8 TFLite | int8 ExecuTorch | int8 ONNX | torch eager |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | best plain fp32 | OpenVINO (same ONNX) | edgevit fp32 best | edgevit int8 TFLite | int8 ExecuTorch "
+             f"| int8 ONNX | int8 TFLite {TOKENS_LABEL} | torch eager |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    slower, exports = [], []
     for model, row in results.get("models", {}).items():
         ms = row["median_ms"]
         plain = _best(row, "plain", "fp32")
@@ -188,14 +222,29 @@ def render(results: dict) -> str:
             cell(ov),
             cell(fp32[1], f"{fp32[0].split()[1]} ") if fp32 else "-",
             cell(ms.get("edgevit tflite int8")), cell(ms.get("edgevit executorch int8")), cell(ms.get("edgevit onnx int8")),
+            cell(ms.get(f"edgevit tflite int8 {TOKENS_LABEL}")),
             f"{ms['torch eager']:.1f}" if ms.get("torch eager") is not None else "-",
         ]) + " |")
+        for target in TARGETS:  # the issue's rule: no edgevit artifact slower than its fp32 twin
+            q, f = ms.get(f"edgevit {target} int8"), ms.get(f"edgevit {target} fp32")
+            if q is not None and f is not None and q > f:
+                slower.append(f"{model} {target} int8 {q:.2f} ms vs fp32 {f:.2f} ms")
+        entries = row.get("entries", {})
+        secs = [f"{e['target']} {e['export_seconds']:.0f} s" for label, e in entries.items()
+                if label.startswith("edgevit") and label.endswith("int8") and e.get("export_seconds") is not None]
+        if secs:
+            exports.append(f"{model}: " + ", ".join(secs))
     note = (f"Median ms, batch 1, {results.get('threads', 2)} threads, median of {results.get('rounds')} interleaved rounds of "
             f"fresh processes ({results.get('runs')} runs each); speed-up over the best plain fp32 conversion (the official "
             f"converter with `--option rewrite=false`). Seeded non-degenerate weights; int8 calibrated on crops of the "
-            f"installed photos. Machine: {m.get('platform')}, {m.get('cpus')} CPUs, load average {m.get('load_average')} "
+            f"installed photos. `{TOKENS_LABEL}`: 2 x 2 pooling of the patch grid before block 6 (196 -> 49 tokens), a "
+            f"changed model that needs a recovery fine-tune (`benchmarks/tokens.py` measures its accuracy); plain ViTs only. "
+            f"Machine: {m.get('platform')}, {m.get('cpus')} CPUs, load average {m.get('load_average')} "
             f"({m.get('updated')}). Reproduce: `python benchmarks/versus.py --readme`.")
-    return "\n".join(lines) + "\n\n" + note + "\n"
+    twin = ("int8 slower than its edgevit fp32 twin: " + ("; ".join(slower) if slower else "none") + ".")
+    times = ("int8 export wall time (ViT-aware search included; the exports need not run on a quiet machine, so these are "
+             "as measured): " + "; ".join(exports) + ".") if exports else ""
+    return "\n".join(lines) + "\n\n" + note + "\n\n" + twin + ("\n\n" + times if times else "") + "\n"
 
 
 def write_readme(table: str) -> None:
@@ -214,6 +263,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--phase", choices=("all", "export", "time"), default="all",
+                   help="export only (any machine; resumable), time only (a quiet machine), or both")
+    p.add_argument("--artifacts", type=Path, default=ARTIFACTS, help=f"where the exports are kept (default {ARTIFACTS})")
     p.add_argument("--render", action="store_true", help="only re-render from the saved results")
     p.add_argument("--readme", action="store_true", help="write the table into README.md between the versus markers")
     p.add_argument("--entry", help=argparse.SUPPRESS)
@@ -227,23 +279,33 @@ def main(argv=None) -> int:
         from _weights import bench_weights
         from _weights import photo_crops
 
-        with tempfile.TemporaryDirectory() as tmp:
-            calibration = Path(tmp) / "calibration"
-            calibration.mkdir()
-            photo_crops(calibration)
-            for model in args.models:
-                entries = export_all(model, Path(tmp) / model, calibration, bench_weights(model, Path(tmp)))
-                figures = time_all(entries, args.rounds, args.runs, args.threads)
-                results["models"][model] = {
-                    "median_ms": {k: (float(np.median(v)) if v else None) for k, v in figures.items()},
-                    "rounds_ms": figures,
-                    "entries": {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in entries.items()},
-                }
-                results.update(rounds=args.rounds, runs=args.runs, threads=args.threads, machine={
-                    "platform": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg(),
-                    "updated": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()})
-                RESULTS.parent.mkdir(parents=True, exist_ok=True)
-                RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
+        calibration = args.artifacts / "calibration"
+        if not calibration.is_dir():
+            args.artifacts.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=args.artifacts, prefix=".calibration-"))
+            photo_crops(tmp)
+            os.replace(tmp, calibration)
+        for model in args.models:  # exports first (no timing: a busy machine does not matter here)
+            if args.phase in ("all", "export"):
+                export_all(model, args.artifacts / model, calibration, bench_weights(model, args.artifacts))
+        for model in args.models:  # then the timing, all of it after the exports: run it on a quiet machine
+            if args.phase == "export":
+                break
+            manifest = args.artifacts / model / "entries.json"
+            if not manifest.is_file():
+                raise SystemExit(f"no exports of {model} under {args.artifacts}: run with --phase export first")
+            entries = with_peers(model, json.loads(manifest.read_text()), bench_weights(model, args.artifacts))
+            figures = time_all(entries, args.rounds, args.runs, args.threads)
+            results["models"][model] = {
+                "median_ms": {k: (float(np.median(v)) if v else None) for k, v in figures.items()},
+                "rounds_ms": figures,
+                "entries": {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in entries.items()},
+            }
+            results.update(rounds=args.rounds, runs=args.runs, threads=args.threads, machine={
+                "platform": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg(),
+                "updated": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()})
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
     table = render(results)
     RESULTS.with_suffix(".md").write_text("# edgevit vs the plain conversions and OpenVINO\n\n" + table)
     if args.readme:
