@@ -83,12 +83,24 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def _weights_line(args: argparse.Namespace) -> str:
+    """Which weights the cells export: a sweep checks conversions, so random init unless told."""
+    if args.weights:
+        return f"{args.weights} for every model (--weights)"
+    if args.pretrained:
+        return "each model's trained weights (--pretrained; a model without any fails its cells)"
+    return ("random init (a sweep checks the conversions; --pretrained for the trained weights, "
+            "which int8 fidelity figures need to mean much)")
+
+
 def run(args: argparse.Namespace) -> int:
     from edgevit._text import safe_text
     from edgevit.cli import emit_json, json_stdout_guard, print_table
     from edgevit.sweep import plan, sweep
 
     options = _options(args.option)
+    if not args.json:
+        print(f"Weights: {_weights_line(args)}", file=sys.stderr)
     if args.dry_run:
         cells, unsupported, _ = plan(args.models, args.targets, args.precisions, options,
                                      pretrained=args.pretrained, weights=args.weights, calibration=args.calibration)

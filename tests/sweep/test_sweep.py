@@ -301,6 +301,9 @@ def test_cli_dry_run_and_json(tmp_path, fake_child, capsys):
                  "--db", str(tmp_path / "d.sqlite")]) == 1  # a failed cell: exit 1, the table says why
     captured = capsys.readouterr()
     assert "failed" in captured.out and "ConversionError" in captured.out
+    assert captured.err.startswith("Weights: random init")  # which weights the cells export, said first
+    assert main(["sweep", "vit_fmnist_tiny", "--targets", "onnx", "--pretrained", "--dry-run"]) == 0
+    assert "Weights: each model's trained weights" in capsys.readouterr().err
 
 
 @pytest.mark.slow
