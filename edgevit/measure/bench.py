@@ -603,7 +603,7 @@ def format_bench(report: BenchReport, fmt: str = "table", wide: bool = False) ->
     for t in report.targets:
         verdict = "PASS" if t["passed"] else "FAIL"
         if t["target"] == "memory":
-            footer.append(f"target memory {t['artifact']}: {t['value']:.2f}x <= {t['limit']}x: {verdict} ({t['detail']})")
+            footer.append(f"target memory {t['artifact']}: {t['value']:.3f}x <= {t['limit']}x: {verdict} ({t['detail']})")
         else:
             footer.append(f"target cold start {t['artifact']}: {t['value']:.3f} s < {t['limit']} s: {verdict} ({t['detail']})")
     if fmt == "md":
