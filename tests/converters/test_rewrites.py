@@ -1,6 +1,6 @@
-"""Edge rewrites (converters/rewrites.py): every rewritten module against the module it replaces
-on real photos (fp32), the rank and cost properties they promise, the switch, and that on
-ExecuTorch they move the graph into the XNNPACK delegate. Also the TFLite delegation report."""
+"""Edge rewrites (converters/rewrites.py, forms in rewrites_forms.py and rewrites_hf.py): every
+rewritten module against the module it replaces on real photos (fp32), the rank and cost
+properties they promise, the switch, and that on ExecuTorch they move the graph into the XNNPACK delegate. Also the TFLite delegation report."""
 
 from __future__ import annotations
 

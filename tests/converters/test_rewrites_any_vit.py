@@ -1,8 +1,9 @@
-"""Edge rewrites (converters/rewrites.py) reach ViTs outside edgevit's catalog, found by module type:
-transformers' ViT / DeiT / DINOv2 / Swin / SwinV2 classifiers and timm architectures (ViT-Tiny, PiT,
-CaiT, XCiT, ConViT), all built small with random weights, offline. Each test asserts which rules
-applied, by name; that the rewritten model equals the original, module by module and in its
-logits; and which attention modules are reported as unrecognised."""
+"""Edge rewrites (converters/rewrites.py, forms in rewrites_forms.py and rewrites_hf.py) reach ViTs
+outside edgevit's catalog, found by module type: transformers' ViT / DeiT / DINOv2 / Swin / SwinV2
+classifiers and timm architectures (ViT-Tiny, PiT, CaiT, XCiT, ConViT), all built small with random
+weights, offline. Each test asserts which rules applied, by name; that the rewritten model equals
+the original, module by module and in its logits; and which attention modules are reported as
+unrecognised."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 import edgevit.converters  # noqa: F401  (torchvision compatibility step before timm / transformers)
-from edgevit.converters import rewrites
+from edgevit.converters import rewrites, rewrites_forms, rewrites_hf
 from edgevit.converters.base import ExportConfig
 from edgevit.converters.rewrites import (
     HF_VIT_ATTENTION,
@@ -34,6 +35,8 @@ transformers = pytest.importorskip("transformers")
 # few float32 ulps of the largest value, not bit for bit.
 RTOL, ATOL = 1e-5, 1e-6
 ALL_ON = EdgeRewriteConfig(layer_norm="linear", linear_2d=True)
+# The modules holding the edge forms these tests check (the MobileViT forms have tests of their own).
+FORM_MODULES = {rewrites.__name__, rewrites_forms.__name__, rewrites_hf.__name__}
 
 
 def _meaningful(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -73,7 +76,7 @@ def _check_modules(ref: nn.Module, new: nn.Module, run: Callable[[nn.Module], ob
     """Each outermost rewritten module against the module it replaced, on the inputs the reference
     model gives it (arguments and keywords as its parent passes them). Returns the classes checked."""
     originals = dict(ref.named_modules())
-    ours = {n for n, m in new.named_modules() if type(m).__module__ == rewrites.__name__}
+    ours = {n for n, m in new.named_modules() if type(m).__module__ in FORM_MODULES}
     replaced = [n for n in ours if n in originals and not any(n.startswith(p + ".") for p in ours)]
     captured: dict[str, tuple] = {}
 
