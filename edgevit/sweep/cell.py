@@ -27,7 +27,7 @@ from typing import Any
 from edgevit._version import __version__
 from edgevit.errors import EdgeVitError
 
-__all__ = ["DONE", "RUNNING", "child_command", "run_cell", "worker_facts"]
+__all__ = ["DONE", "RUNNING", "child_command", "remove_stale_cell_folders", "run_cell", "worker_facts"]
 
 DONE = ("verified", "structural")
 LOG_TAIL_LINES = 30
@@ -71,11 +71,47 @@ def child_command(spec_file: Path) -> list[str]:
     return [sys.executable, "-m", "edgevit.sweep.cell", str(spec_file), str(os.getpid())]
 
 
+_CELL_PREFIX = "edgevit-cell-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, owned by another user
+        return True
+    return True
+
+
+def remove_stale_cell_folders(root: str | None = None) -> list[str]:
+    """Remove the working folders of cells whose process is gone: a worker killed mid-cell (out of
+    memory, a node lost, SIGKILL) cannot clean up after itself, so the next cell on that machine
+    does. A folder is named after the process that made it (``edgevit-cell-<pid>-...``); one whose
+    process still runs, or that is not named so, is left alone."""
+    import shutil
+
+    root = root or tempfile.gettempdir()
+    removed = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        pid = name[len(_CELL_PREFIX):].partition("-")[0]
+        if not name.startswith(_CELL_PREFIX) or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
 def run_cell(spec: Mapping[str, Any], weights: bytes | None = None) -> dict[str, Any]:
     """Export (and verify, and optionally bench) one cell in a child process; return its outcome
     with the artifact's bytes and the log tail. Never raises for a failing export."""
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="edgevit-cell-") as tmp_name:
+    remove_stale_cell_folders()
+    with tempfile.TemporaryDirectory(prefix=f"{_CELL_PREFIX}{os.getpid()}-") as tmp_name:
         tmp = Path(tmp_name)
         child = {**spec, "out": str(tmp / "out"), "result": str(tmp / _RESULT)}
         if weights is not None:

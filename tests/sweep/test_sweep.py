@@ -5,6 +5,7 @@ exercised by the slow test at the end and by tests/sweep/test_cluster.py)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -237,6 +238,21 @@ def test_on_ray_each_cell_is_a_task_with_its_needs_and_a_crash_is_retried_on_ano
         n["Resources"]["memory"] = 1e9
     r = _sweep(tmp_path, models=["vit_fmnist_tiny"], targets=["tflite"], ray="auto")
     assert r.rows[0]["status"] == "failed" and "1.5 GB" in r.rows[0]["error"] and len(fake.submitted) == 5
+
+
+def test_a_cell_removes_the_folders_of_cells_whose_worker_was_killed(tmp_path, fake_child, monkeypatch):
+    monkeypatch.setattr(sweep_cell.tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs: a worker killed mid-cell
+    stale = tmp_path / f"edgevit-cell-{dead.pid}-abc"
+    live = tmp_path / f"edgevit-cell-{os.getppid()}-def"  # a cell of a process that still runs
+    other = tmp_path / "edgevit-cell-notapid"
+    for d in (stale, live, other):
+        (d / "out").mkdir(parents=True)
+    (row,) = _sweep(tmp_path, models=["vit_fmnist_tiny"], targets=["onnx"], jobs=1).rows
+    assert row["status"] == "verified"
+    assert not stale.exists() and live.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.glob("edgevit-cell-*")) == sorted([live.name, other.name])  # its own is gone
 
 
 def test_a_hung_cell_times_out(tmp_path, monkeypatch):
