@@ -53,7 +53,7 @@ def support_entry(row: dict, seeded: bool) -> dict:
     else:
         entry.update(seconds=row.get("export_s"), bytes=row.get("bytes"), cosine_min=row.get("cosine_min"),
                      max_abs_diff=row.get("max_abs_diff"), top1_agreement=row.get("top1_agreement"),
-                     delegated_share=row.get("delegated_share"), warnings=row.get("warnings") or [],
+                     delegated_share=row.get("delegated_share"), partitions=row.get("partitions"), warnings=row.get("warnings") or [],
                      weights=SEEDED if seeded else None)
     return entry
 

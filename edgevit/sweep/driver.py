@@ -366,6 +366,7 @@ def _finish(cell: Cell, res: Mapping[str, Any], tries: list[dict[str, Any]], out
         row["bytes"] = export["bytes"]
         row["export_s"] = export.get("seconds")
         row["delegated_share"] = (export.get("delegation") or {}).get("share")
+        row["partitions"] = (export.get("delegation") or {}).get("partitions")
         row["warnings"] = list(export.get("warnings") or [])[:3]
     if res.get("bench"):
         row["bench"] = [{k: r.get(k) for k in ("median_ms", "p90_ms", "peak_rss_mb")} for r in res["bench"]["rows"]]
