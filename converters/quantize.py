@@ -718,7 +718,9 @@ def summary_lines(section: Mapping[str, Any]) -> list[str]:
         kept = [g["group"] for g in section["mix"][kept_key]]
         lines.append(f"  kept in {kept_key}: {', '.join(kept) if kept else 'nothing (all int8)'}")
     if "naive" in section:
-        lines.append(f"  naive int8 (for contrast): {_fid_line(section['naive'])}")
+        naive = section["naive"]
+        lines.append("  naive int8 (for contrast): " + (f"does not run ({naive['error'][:120]})" if "error" in naive
+                                                          else _fid_line(naive)))
     if "search" in section:
         s = section["search"]
         lines.append(f"  chosen mix: {_fid_line(s['final'])} ({'target met' if s['met'] else 'target NOT met'})")

@@ -478,7 +478,7 @@ def _quantize_tflite(float_data: bytes, model, metadata: ArtifactMetadata, confi
     reference = _run_tflite(float_data, search.inputs)
     qsv_cache: dict = {}  # one calibration pass per range mode, shared by every candidate
 
-    def build(kept: frozenset, naive: bool = False) -> bytes:
+    def build(kept: frozenset, naive: bool = False, may_fall_back: bool = True) -> bytes:
         while True:
             forced = {op.id for op in ops if op.kind in forced_float}
             fixed = forced if naive else forced | by_design
@@ -494,7 +494,7 @@ def _quantize_tflite(float_data: bytes, model, metadata: ArtifactMetadata, confi
                 kind = _failed_kernel(exc)
                 if kind is None or kind in forced_float:
                     raise ConversionError(f"the int8 TFLite model does not run: {str(exc).strip()[:300]}") from exc
-                if not settings.fallback:
+                if not settings.fallback or not may_fall_back:
                     raise ConversionError(
                         f"the int8 kernel of {kind} fails in the TFLite interpreter ({str(exc).strip()[:200]}); "
                         f"pass --option fallback=true to keep {kind} ops in float (recorded in the artifact)",
@@ -509,11 +509,17 @@ def _quantize_tflite(float_data: bytes, model, metadata: ArtifactMetadata, confi
 
     target = settings.target(search.labelled)
     result = qz.search_mix(groups, evaluate, reference, search.labels, target)
-    naive = qz.fidelity(reference, _run_tflite(build(frozenset(), naive=True), search.inputs), search.labels) if vit_aware else None
+    naive, naive_failure = None, None
+    if vit_aware:  # the comparison with the naive recipe is a report: a naive graph that cannot run is said, not fatal
+        try:
+            naive = qz.fidelity(reference, _run_tflite(build(frozenset(), naive=True, may_fall_back=False), search.inputs),
+                                search.labels)
+        except ConversionError as exc:
+            naive_failure = str(exc)
     if vit_aware and not result.met:
         raise ConversionError(
             f"int8 could not meet the fidelity target ({target.describe()}): naive int8 gives "
-            f"{naive.summary()}; the ViT-aware mix keeping {', '.join(result.kept) or 'no further group'} out of int8 "
+            f"{naive.summary() if naive else 'no runnable model'}; the ViT-aware mix keeping {', '.join(result.kept) or 'no further group'} out of int8 "
             f"gives {result.final.summary()}. Relax it (--option max_drop=N / min_agreement=A / min_cosine=C), or use "
             "--precision int8-dynamic or fp16"
         )
@@ -524,6 +530,8 @@ def _quantize_tflite(float_data: bytes, model, metadata: ArtifactMetadata, confi
                         search=result, naive=naive, fixed_float=by_design_notes, fallbacks=fallbacks)
     if not vit_aware:
         section["note"] = "naive recipe: every quantizable op int8, AEQ's default calibration (no search)"
+    if naive_failure:
+        section["naive"] = {"error": naive_failure[:400]}
     return quantized, section, warnings, fallbacks
 
 

@@ -338,6 +338,27 @@ def test_executorch_int8_dynamic_and_static(fmnist, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_naive_graph_that_cannot_run_does_not_fail_the_vit_aware_export(tmp_path, photos):
+    """EfficientViT's linear attention divides by a normaliser whose int8 kernel fails (the divisor
+    quantizes to its zero point). The ViT-aware recipe keeps DIV float by design, so its artifact
+    runs; the naive recipe, built only for contrast, does not: that is reported, not fatal."""
+    from edgevit.converters import export
+
+    pytest.importorskip("litert_torch")
+    calibration = tmp_path / "photos"
+    calibration.mkdir()
+    for name, img in photos:
+        img.save(calibration / f"{name}.png")
+    r = export("efficientvit_b0", "tflite", "int8", out=tmp_path, calibration=calibration,
+               options={"calibration_images": 8, "search_images": 16, "speed_check": False, "compare_fp32": False})
+    q = r.details["quantization"]
+    assert r.verification.passed and q["recipe"] == "vit-aware"
+    assert "DIV" in q["naive"]["error"] and not q.get("fallbacks") and not r.fallbacks
+    assert any("division" in f for f in q["float_by_design"])
+    assert "naive int8 (for contrast): does not run" in "\n".join(qz.summary_lines(q))
+
+
+@pytest.mark.slow
 def test_unreachable_target_fails_loudly_naming_the_way_out(fmnist, tmp_path):
     from edgevit.data.samples import FASHION_SAMPLES_DIR
 
