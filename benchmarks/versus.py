@@ -95,9 +95,15 @@ def with_peers(model: str, entries: dict[str, dict], weights: Path) -> dict[str,
     """``entries`` plus the peers timed beside them: OpenVINO on both ONNX files, torch eager."""
     entries = dict(entries)
     if _has_openvino():
+        # OpenVINO computes in bf16 by default on a CPU with bf16 instructions (this one has AVX512-BF16):
+        # f32 is the same-precision peer; its default is timed too, as what a user of it gets.
         for source in ("plain onnx fp32", "edgevit onnx fp32"):
             if "path" in entries.get(source, {}):
-                entries[f"OpenVINO ({source.split()[0]} ONNX)"] = {"kind": "openvino", "path": entries[source]["path"]}
+                entries[f"OpenVINO f32 ({source.split()[0]} ONNX)"] = {"kind": "openvino", "path": entries[source]["path"],
+                                                                      "precision": "f32"}
+        if "path" in entries.get("plain onnx fp32", {}):
+            entries["OpenVINO default (plain ONNX)"] = {"kind": "openvino", "path": entries["plain onnx fp32"]["path"],
+                                                        "precision": None}
     else:
         _log("openvino is not installed (pip install -e .[bench-peers]): no OpenVINO column")
     entries["torch eager"] = {"kind": "torch", "model": model, "weights": str(weights)}
@@ -140,7 +146,12 @@ def _time_child(args: argparse.Namespace) -> None:
 
         meta = load(entry["path"]).metadata
         x = np.zeros(meta.input_shape(1), np.float32)
-        compiled = ov.Core().compile_model(entry["path"], "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+        if entry.get("precision"):
+            config["INFERENCE_PRECISION_HINT"] = entry["precision"]
+        compiled = ov.Core().compile_model(entry["path"], "CPU", config)
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+        print("OPENVINO_PRECISION " + (hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)))
         request = compiled.create_infer_request()
         run = lambda: request.infer({0: x})  # noqa: E731
     else:
@@ -179,6 +190,9 @@ def time_all(entries: dict[str, dict], rounds: int, runs: int, threads: int) -> 
                    "--threads", str(threads)]
             done = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            ov = next((ln.split(" ", 1)[1] for ln in done.stdout.splitlines() if ln.startswith("OPENVINO_PRECISION ")), None)
+            if ov:
+                entries[label]["computes_in"] = ov
             if line:
                 figures[label].append(json.loads(line[7:])["median_ms"])
             else:
@@ -199,9 +213,9 @@ def _best(row: dict, prefix: str, precision: str) -> tuple[str, float] | None:
 
 def render(results: dict) -> str:
     m = results.get("machine", {})
-    lines = ["| model | best plain fp32 | OpenVINO (same ONNX) | edgevit fp32 best | edgevit int8 TFLite | int8 ExecuTorch "
-             f"| int8 ONNX | int8 TFLite {TOKENS_LABEL} | torch eager |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | best plain fp32 | OpenVINO f32 (same ONNX) | edgevit fp32 best | edgevit int8 TFLite | int8 ExecuTorch "
+             f"| int8 ONNX | int8 TFLite {TOKENS_LABEL} | OpenVINO default | torch eager |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     slower, exports = [], []
     for model, row in results.get("models", {}).items():
         ms = row["median_ms"]
@@ -214,7 +228,9 @@ def render(results: dict) -> str:
             up = f" ({base / value:.2f}x)" if base else ""
             return f"{name}{value:.2f}{up}"
 
-        ov = min((v for k, v in ms.items() if k.startswith("OpenVINO") and v is not None), default=None)
+        ov = min((v for k, v in ms.items() if k.startswith("OpenVINO f32") and v is not None), default=None)
+        ov_default = ms.get("OpenVINO default (plain ONNX)")
+        ov_type = (row.get("entries", {}).get("OpenVINO default (plain ONNX)") or {}).get("computes_in")
         fp32 = _best(row, "edgevit", "fp32")
         lines.append("| " + " | ".join([
             model,
@@ -223,6 +239,7 @@ def render(results: dict) -> str:
             cell(fp32[1], f"{fp32[0].split()[1]} ") if fp32 else "-",
             cell(ms.get("edgevit tflite int8")), cell(ms.get("edgevit executorch int8")), cell(ms.get("edgevit onnx int8")),
             cell(ms.get(f"edgevit tflite int8 {TOKENS_LABEL}")),
+            cell(ov_default) + (f" {ov_type}" if ov_type and ov_default is not None else ""),
             f"{ms['torch eager']:.1f}" if ms.get("torch eager") is not None else "-",
         ]) + " |")
         for target in TARGETS:  # the issue's rule: no edgevit artifact slower than its fp32 twin
@@ -239,7 +256,8 @@ def render(results: dict) -> str:
             f"converter with `--option rewrite=false`). Seeded non-degenerate weights; int8 calibrated on crops of the "
             f"installed photos. `{TOKENS_LABEL}`: 2 x 2 pooling of the patch grid before block 6 (196 -> 49 tokens), a "
             f"changed model that needs a recovery fine-tune (`benchmarks/tokens.py` measures its accuracy); plain ViTs only. "
-            f"Machine: {m.get('platform')}, {m.get('cpus')} CPUs, load average {m.get('load_average')} "
+            f"OpenVINO default: no precision hint, which on a CPU with bf16 instructions computes in bf16 (not the "
+            f"precision of the other columns). Machine: {m.get('platform')}, {m.get('cpus')} CPUs, load average {m.get('load_average')} "
             f"({m.get('updated')}). Reproduce: `python benchmarks/versus.py --readme`.")
     twin = ("int8 slower than its edgevit fp32 twin: " + ("; ".join(slower) if slower else "none") + ".")
     times = ("int8 export wall time (ViT-aware search included; the exports need not run on a quiet machine, so these are "
