@@ -194,7 +194,7 @@ def test_report_in_headless_chromium(filled_db, tmp_path, capsys):
     svg = " ".join(dom.svg_text)
     assert "efficientvit_b0 (linear)" in svg and "mobilevit_xxs_onnx_fp32.onnx (onnx)" in svg
     text = proc.stdout
-    assert "memory 1.10x" in text and "memory 1.40x" in text and "FAIL" in text
+    assert "memory 1.100x" in text and "memory 1.400x" in text and "FAIL" in text
 
 
 def test_write_report_cli_without_db_is_an_error(tmp_path):
