@@ -214,9 +214,11 @@ def main() -> int:
         "# Sweep scaling: serial vs --jobs 2 vs a two-node local Ray cluster",
         "",
         f"Measured {dt.date.today().isoformat()} by `sudo .venv/bin/python benchmarks/sweep_scaling.py"
-        f" --rounds {args.rounds} --models {' '.join(args.models)} --targets {' '.join(args.targets)}` on a shared "
-        f"{os.cpu_count()}-core machine (load average {load:.2f} at the start: other work was running, so read the "
-        "figures as ratios of one interleaved run). Cells: "
+        f" --rounds {args.rounds} --models {' '.join(args.models)} --targets {' '.join(args.targets)}` on a "
+        + (f"quiet {os.cpu_count()}-core machine (load average {load:.2f} at the start). " if load < 1.0 else
+           f"shared {os.cpu_count()}-core machine (load average {load:.2f} at the start: other work was running, so "
+           "read the figures as ratios of one interleaved run). ")
+        + "Cells: "
         f"{' '.join(args.models)} x {' '.join(args.targets)} x fp32, trained weights, each exported and verified.",
         "",
         "| mode | wall s (median) | vs serial |",
