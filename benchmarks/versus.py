@@ -42,7 +42,7 @@ README = REPO / "README.md"
 MODELS = ("deit_tiny_patch16_224", "mobilevit_xxs", "efficientvit_b0", "swin_tiny_patch4_window7_224")
 TARGETS = ("tflite", "executorch", "onnx")
 START, END = "<!-- versus:start -->", "<!-- versus:end -->"
-TOKENS = "pool:6"  # 2x2 pooling of the patch grid after block 6 of 12 (196 -> 49 tokens; benchmarks/tokens.py)
+TOKENS = "pool:6"  # 2x2 pooling of the patch grid before block 6 of 12 (196 -> 49 tokens; benchmarks/tokens.py)
 TOKENS_LABEL = f"+tokens {TOKENS}"
 ARTIFACTS = Path.home() / ".cache" / "edgevit" / "versus"
 
@@ -64,8 +64,8 @@ def export_all(model: str, out: Path, calibration: Path, weights: Path) -> dict[
         plan.append((f"plain {target} fp32", target, "fp32", {"rewrite": False}))
         plan.append((f"edgevit {target} fp32", target, "fp32", None))
         plan.append((f"edgevit {target} int8", target, "int8", {"speed_check": False}))
-    if _plain_vit(model):  # token reduction (issue #17, item 1) applies to plain ViTs only
-        plan.append((f"edgevit tflite int8 {TOKENS_LABEL}", "tflite", "int8", {"speed_check": False, "tokens": TOKENS}))
+    # token reduction (issue #17, item 1): plain ViTs only; export refuses the others (recorded, a "-" cell)
+    plan.append((f"edgevit tflite int8 {TOKENS_LABEL}", "tflite", "int8", {"speed_check": False, "tokens": TOKENS}))
     manifest = out / "entries.json"
     entries: dict[str, dict] = json.loads(manifest.read_text()) if manifest.is_file() else {}
     for label, target, precision, options in plan:
@@ -108,15 +108,6 @@ def with_peers(model: str, entries: dict[str, dict], weights: Path) -> dict[str,
         _log("openvino is not installed (pip install -e .[bench-peers]): no OpenVINO column")
     entries["torch eager"] = {"kind": "torch", "model": model, "weights": str(weights)}
     return entries
-
-
-def _plain_vit(model: str) -> bool:
-    import edgevit.converters  # noqa: F401  (timm's import needs edgevit's compatibility step first)
-    from timm.models.vision_transformer import VisionTransformer
-
-    from edgevit.models import create_model
-
-    return isinstance(create_model(model), VisionTransformer)
 
 
 def _has_openvino() -> bool:

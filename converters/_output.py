@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+from edgevit._process import pid_alive
 from edgevit.errors import EdgeVitError, OutputExistsError
 
 __all__ = [
@@ -112,24 +113,6 @@ def temp_path(final: Path) -> Path:
     return final.parent / f".{final.stem}.tmp-{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}{final.suffix}"
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` may still be running; when in doubt, yes."""
-    if pid <= 0 or os.name != "posix":
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: it exists, owned by someone else
-        return True
-    try:  # a zombie (killed, not yet reaped) writes nothing more
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-        return state not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return True
-
-
 def remove_stale_temps(folder: Path) -> list[Path]:
     """Remove temporaries in ``folder`` left by dead exports of this host; returns what went.
 
@@ -144,7 +127,7 @@ def remove_stale_temps(folder: Path) -> list[Path]:
         return removed
     for name in names:
         m = _TEMP_NAME.match(name)
-        if m is None or m["host"] != host or _pid_alive(int(m["pid"])):
+        if m is None or m["host"] != host or pid_alive(int(m["pid"])):
             continue
         path = folder / name
         try:

@@ -518,19 +518,23 @@ def _quantize_tflite(float_data: bytes, model, metadata: ArtifactMetadata, confi
                 fallbacks.append(f"{kind} ops kept in float: their int8 kernel fails at invoke")
                 warnings.append(fallbacks[-1])
 
+    base = None  # the all-int8 ViT-aware model, built once: the delegation check and the search's first candidate
     if vit_aware:
         # An op kind whose int8 kernel XNNPACK does not take (every one of them left outside, where the
         # float ones are delegated) splits the graph into many partitions and runs on TFLite's
         # reference kernels: EfficientViT's HARD_SWISH made its int8 file 5x slower than fp32. Such
         # ops are float by design; the quantize/dequantize pairs around them stay in the delegate.
-        undelegated = _int8_kinds_outside_delegate(build(frozenset()), float_data, ops, by_design)
+        base = build(frozenset())
+        undelegated = _int8_kinds_outside_delegate(base, float_data, ops, by_design)
         if undelegated:
             by_design |= {op.id for op in ops if op.kind in undelegated}
             by_design_notes.insert(-1, "ops whose int8 kernels XNNPACK does not take, kept float to stay in the delegate ("
                                    + ", ".join(f"{k} x{n}" for k, n in sorted(undelegated.items())) + ")")
+            base = None  # built before those ops went float
 
     def evaluate(kept: frozenset, n: int):
-        return _run_tflite(build(kept, naive=not vit_aware), search.inputs[:n])
+        data = base if base is not None and not kept else build(kept, naive=not vit_aware)
+        return _run_tflite(data, search.inputs[:n])
 
     target = settings.target(search.labelled)
     result = qz.search_mix(groups, evaluate, reference, search.labels, target)

@@ -74,22 +74,14 @@ def child_command(spec_file: Path) -> list[str]:
 _CELL_PREFIX = "edgevit-cell-"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # it exists, owned by another user
-        return True
-    return True
-
-
 def remove_stale_cell_folders(root: str | None = None) -> list[str]:
     """Remove the working folders of cells whose process is gone: a worker killed mid-cell (out of
     memory, a node lost, SIGKILL) cannot clean up after itself, so the next cell on that machine
     does. A folder is named after the process that made it (``edgevit-cell-<pid>-...``); one whose
     process still runs, or that is not named so, is left alone."""
     import shutil
+
+    from edgevit._process import pid_alive
 
     root = root or tempfile.gettempdir()
     removed = []
@@ -99,7 +91,7 @@ def remove_stale_cell_folders(root: str | None = None) -> list[str]:
         return removed
     for name in names:
         pid = name[len(_CELL_PREFIX):].partition("-")[0]
-        if not name.startswith(_CELL_PREFIX) or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        if not name.startswith(_CELL_PREFIX) or not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
             continue
         shutil.rmtree(os.path.join(root, name), ignore_errors=True)
         removed.append(name)
